@@ -1,0 +1,198 @@
+//! The JSON view of a canonical value: its RFC 8785 (JCS) serialisation.
+//!
+//! The projection is total on the data model artifactstore uses and exact:
+//! integers must lie within ±(2^53 − 1), the range JSON numbers carry without
+//! rounding; byte strings become lowercase hex text; maps must have text keys,
+//! and are emitted sorted by the UTF-16 code units of the keys, as RFC 8785
+//! §3.2.3 requires (a different order from CBOR's).
+
+use crate::cbor::Value;
+
+/// The largest integer artifactstore stores anywhere: 2^53 − 1.
+pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
+/// A value with no exact JSON projection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JcsError {
+    #[error("integer outside ±(2^53 - 1)")]
+    IntegerOutOfRange,
+    #[error("map key is not text")]
+    NonTextKey,
+}
+
+/// Serialises `value` as JCS text.
+pub fn to_jcs(value: &Value) -> Result<String, JcsError> {
+    let mut out = String::new();
+    write_value(value, &mut out)?;
+    Ok(out)
+}
+
+fn write_value(value: &Value, out: &mut String) -> Result<(), JcsError> {
+    match value {
+        Value::Unsigned(n) => {
+            if *n > MAX_SAFE_INTEGER {
+                return Err(JcsError::IntegerOutOfRange);
+            }
+            out.push_str(&n.to_string());
+        }
+        Value::Negative(n) => {
+            // The value is -1 - n; its magnitude n + 1 must be safe.
+            if *n >= MAX_SAFE_INTEGER {
+                return Err(JcsError::IntegerOutOfRange);
+            }
+            out.push('-');
+            out.push_str(&(n + 1).to_string());
+        }
+        Value::Bytes(b) => {
+            out.push('"');
+            out.push_str(&hex::encode(b));
+            out.push('"');
+        }
+        Value::Text(s) => write_string(s, out),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_value(item, out)?;
+            }
+            out.push(']');
+        }
+        Value::Map(m) => {
+            let mut entries = m
+                .iter()
+                .map(|(k, v)| k.as_text().map(|k| (k, v)).ok_or(JcsError::NonTextKey))
+                .collect::<Result<Vec<_>, _>>()?;
+            entries.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
+            out.push('{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_string(k, out);
+                out.push(':');
+                write_value(v, out)?;
+            }
+            out.push('}');
+        }
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Null => out.push_str("null"),
+    }
+    Ok(())
+}
+
+/// RFC 8785 §3.2.2.2: the ECMAScript `JSON.stringify` string form. Only `"`,
+/// `\` and the C0 controls are escaped; everything else is literal UTF-8.
+fn write_string(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\u{08}' => out.push_str("\\b"),
+            '\u{0c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cbor::Map;
+
+    fn t(s: &str) -> Value {
+        Value::text(s)
+    }
+
+    #[test]
+    fn scalars() {
+        assert_eq!(to_jcs(&Value::Null).unwrap(), "null");
+        assert_eq!(to_jcs(&Value::Bool(true)).unwrap(), "true");
+        assert_eq!(to_jcs(&Value::Unsigned(0)).unwrap(), "0");
+        assert_eq!(to_jcs(&Value::int(-1)).unwrap(), "-1");
+        assert_eq!(
+            to_jcs(&Value::Unsigned(MAX_SAFE_INTEGER)).unwrap(),
+            "9007199254740991"
+        );
+        assert_eq!(
+            to_jcs(&Value::int(-9007199254740991)).unwrap(),
+            "-9007199254740991"
+        );
+        assert_eq!(
+            to_jcs(&Value::Unsigned(MAX_SAFE_INTEGER + 1)),
+            Err(JcsError::IntegerOutOfRange)
+        );
+        assert_eq!(
+            to_jcs(&Value::int(-9007199254740992)),
+            Err(JcsError::IntegerOutOfRange)
+        );
+        assert_eq!(
+            to_jcs(&Value::Bytes(vec![0x00, 0xab, 0xff])).unwrap(),
+            "\"00abff\""
+        );
+    }
+
+    #[test]
+    fn string_escaping_follows_rfc8785() {
+        // RFC 8785 §3.2.2.2 example string, with the euro sign and the
+        // controls U+000F and U+001F, DEL left literal.
+        let s = "\u{20ac}$\u{000f}\u{000a}A'\u{0042}\u{0022}\u{005c}\\\"/\u{7f}";
+        assert_eq!(
+            to_jcs(&t(s)).unwrap(),
+            "\"\u{20ac}$\\u000f\\nA'B\\\"\\\\\\\\\\\"/\u{7f}\""
+        );
+        assert_eq!(
+            to_jcs(&t("\u{08}\u{0c}\r\t\u{1f}")).unwrap(),
+            "\"\\b\\f\\r\\t\\u001f\""
+        );
+        assert_eq!(to_jcs(&t("\u{2028}é")).unwrap(), "\"\u{2028}é\"");
+    }
+
+    #[test]
+    fn object_keys_sort_by_utf16_code_units() {
+        // RFC 8785 §3.2.3 sorting example: the keys in the order JCS wants.
+        let keys = [
+            "\r",
+            "1",
+            "\u{80}",
+            "\u{f6}",
+            "\u{20ac}",
+            "\u{1f600}",
+            "\u{fb33}",
+        ];
+        let mut m = Map::new();
+        for (i, k) in keys.iter().enumerate().rev() {
+            m.insert(t(k), Value::Unsigned(i as u64)).unwrap();
+        }
+        let jcs = to_jcs(&Value::Map(m)).unwrap();
+        assert_eq!(
+            jcs,
+            "{\"\\r\":0,\"1\":1,\"\u{80}\":2,\"\u{f6}\":3,\"\u{20ac}\":4,\"\u{1f600}\":5,\"\u{fb33}\":6}"
+        );
+    }
+
+    #[test]
+    fn nested_structure_and_differs_from_cbor_key_order() {
+        // CBOR puts "b" before "aa" (shorter first); JCS puts "aa" first.
+        let m = Map::new()
+            .with("b", Value::Array(vec![Value::Unsigned(1), Value::Null]))
+            .with("aa", Value::Bytes(vec![1]));
+        assert_eq!(
+            to_jcs(&Value::Map(m)).unwrap(),
+            "{\"aa\":\"01\",\"b\":[1,null]}"
+        );
+    }
+
+    #[test]
+    fn non_text_keys_have_no_projection() {
+        let m = Map::from_entries(vec![(Value::Unsigned(1), Value::Null)]).unwrap();
+        assert_eq!(to_jcs(&Value::Map(m)), Err(JcsError::NonTextKey));
+    }
+}
