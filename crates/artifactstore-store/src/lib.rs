@@ -1,1 +1,16 @@
+//! The artifactstore engine: blob and metadata backends behind small traits,
+//! streaming ingest with dual hashing, the event log and its views.
+//!
+//! Adapters (the HTTP server, the CLI) call [`Store`] and translate its
+//! results; no rule lives in them.
 
+pub mod blob;
+pub mod clock;
+pub mod conformance;
+mod engine;
+pub mod error;
+pub mod hashing;
+pub mod meta;
+
+pub use engine::{Limits, Store, StoredBlob};
+pub use error::{ErrorClass, StoreError};

@@ -1,0 +1,325 @@
+//! The local-filesystem blob backend.
+//!
+//! Layout under the root: `blobs/blake3/<2 hex>/<2 hex>/<64 hex>` for blobs
+//! and `staging/<id>` for uploads in progress, on the same filesystem so that
+//! a commit is a rename. Durability follows the usual recipe: data fsynced
+//! before acknowledging, rename into place, then the directory fsynced so the
+//! new name survives a crash too.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::ops::Range;
+use std::path::{Component, Path, PathBuf};
+
+use artifactstore_core::BlobId;
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::io::ReaderStream;
+
+use super::{BlobBackend, BlobError, ByteStream, StagingWriter};
+
+/// Size of the write buffer in front of each staging file: turns the small
+/// frames a socket delivers into few large writes.
+const WRITE_BUFFER: usize = 1 << 20;
+/// Read size for downloads.
+const READ_BUFFER: usize = 256 << 10;
+/// Chunks queued for the writer thread before the sender waits.
+const WRITE_QUEUE: usize = 16;
+
+#[derive(Debug, Clone)]
+pub struct FsBlobStore {
+    root: PathBuf,
+}
+
+impl FsBlobStore {
+    /// Opens (creating if needed) a store rooted at `root`.
+    pub async fn open(root: impl Into<PathBuf>) -> Result<FsBlobStore, BlobError> {
+        let root = root.into();
+        let store = FsBlobStore { root };
+        let r = store.root.clone();
+        blocking(move || {
+            for dir in ["staging", "blobs/blake3"] {
+                create_dir_durable(&r, Path::new(dir))?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(BlobError::io(format!("creating {}", store.root.display())))?;
+        Ok(store)
+    }
+
+    /// The location (relative path) of a blob: fixed by its BLAKE3 digest.
+    pub fn location_of(blob: &BlobId) -> String {
+        let h = hex::encode(blob.blake3);
+        format!("blobs/blake3/{}/{}/{}", &h[0..2], &h[2..4], h)
+    }
+
+    fn staging_path(&self, id: &str) -> Result<PathBuf, BlobError> {
+        let ok = !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !ok {
+            return Err(BlobError::InvalidLocation(id.to_owned()));
+        }
+        Ok(self.root.join("staging").join(id))
+    }
+
+    fn blob_path(&self, location: &str) -> Result<PathBuf, BlobError> {
+        let rel = Path::new(location);
+        let ok = location.starts_with("blobs/")
+            && rel.components().all(|c| matches!(c, Component::Normal(_)));
+        if !ok {
+            return Err(BlobError::InvalidLocation(location.to_owned()));
+        }
+        Ok(self.root.join(rel))
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Creates `rel` under `root` one level at a time, fsyncing the parent of
+/// each directory it creates so the new entry is durable.
+fn create_dir_durable(root: &Path, rel: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(root)?;
+    let mut dir = root.to_path_buf();
+    for c in rel.components() {
+        let parent = dir.clone();
+        dir.push(c);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => fsync_dir(&parent)?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn not_found_to_none<T>(r: std::io::Result<T>) -> std::io::Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+#[async_trait]
+impl BlobBackend for FsBlobStore {
+    async fn staging_create(&self, id: &str) -> Result<(), BlobError> {
+        let path = self.staging_path(id)?;
+        blocking(move || {
+            let f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)?;
+            f.sync_all()?;
+            fsync_dir(path.parent().unwrap_or(Path::new(".")))
+        })
+        .await
+        .map_err(BlobError::io(format!("creating staging {id}")))
+    }
+
+    async fn staging_len(&self, id: &str) -> Result<Option<u64>, BlobError> {
+        let path = self.staging_path(id)?;
+        let meta = not_found_to_none(tokio::fs::metadata(&path).await)
+            .map_err(BlobError::io(format!("stat staging {id}")))?;
+        Ok(meta.map(|m| m.len()))
+    }
+
+    async fn staging_append(&self, id: &str) -> Result<Box<dyn StagingWriter>, BlobError> {
+        let path = self.staging_path(id)?;
+        let file = not_found_to_none(OpenOptions::new().append(true).open(&path))
+            .map_err(BlobError::io(format!("opening staging {id}")))?
+            .ok_or_else(|| BlobError::StagingNotFound(id.to_owned()))?;
+        Ok(Box::new(FsAppend::spawn(file, id.to_owned())))
+    }
+
+    async fn staging_read(&self, id: &str) -> Result<ByteStream, BlobError> {
+        let path = self.staging_path(id)?;
+        let file = not_found_to_none(tokio::fs::File::open(&path).await)
+            .map_err(BlobError::io(format!("opening staging {id}")))?
+            .ok_or_else(|| BlobError::StagingNotFound(id.to_owned()))?;
+        Ok(ReaderStream::with_capacity(file, READ_BUFFER).boxed())
+    }
+
+    async fn staging_commit(&self, id: &str, blob: &BlobId) -> Result<String, BlobError> {
+        let from = self.staging_path(id)?;
+        let location = FsBlobStore::location_of(blob);
+        let to = self.blob_path(&location)?;
+        let root = self.root.clone();
+        let rel_dir = Path::new(&location)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let id_owned = id.to_owned();
+        blocking(move || {
+            if !from.exists() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("staging {id_owned}"),
+                ));
+            }
+            create_dir_durable(&root, &rel_dir)?;
+            // The same bytes may already be in place (a concurrent upload of
+            // the same blob, or one that crashed after its rename): renaming
+            // over them is atomic and leaves identical content.
+            std::fs::rename(&from, &to)?;
+            fsync_dir(&root.join(&rel_dir))?;
+            fsync_dir(&root.join("staging"))
+        })
+        .await
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                BlobError::StagingNotFound(id.to_owned())
+            } else {
+                BlobError::Io {
+                    context: format!("committing staging {id} to {location}"),
+                    source: e,
+                }
+            }
+        })?;
+        Ok(location)
+    }
+
+    async fn staging_truncate(&self, id: &str, len: u64) -> Result<(), BlobError> {
+        let path = self.staging_path(id)?;
+        blocking(move || {
+            let f = OpenOptions::new().write(true).open(&path)?;
+            f.set_len(len)?;
+            f.sync_all()
+        })
+        .await
+        .map_err(BlobError::io(format!("truncating staging {id}")))
+    }
+
+    async fn staging_delete(&self, id: &str) -> Result<(), BlobError> {
+        let path = self.staging_path(id)?;
+        not_found_to_none(tokio::fs::remove_file(&path).await)
+            .map_err(BlobError::io(format!("deleting staging {id}")))?;
+        Ok(())
+    }
+
+    async fn read(
+        &self,
+        location: &str,
+        range: Option<Range<u64>>,
+    ) -> Result<ByteStream, BlobError> {
+        let path = self.blob_path(location)?;
+        let mut file = not_found_to_none(tokio::fs::File::open(&path).await)
+            .map_err(BlobError::io(format!("opening {location}")))?
+            .ok_or_else(|| BlobError::NotFound(location.to_owned()))?;
+        let stream = match range {
+            None => ReaderStream::with_capacity(file, READ_BUFFER).boxed(),
+            Some(r) => {
+                file.seek(std::io::SeekFrom::Start(r.start))
+                    .await
+                    .map_err(BlobError::io(format!("seeking {location}")))?;
+                let len = r.end.saturating_sub(r.start);
+                ReaderStream::with_capacity(file.take(len), READ_BUFFER).boxed()
+            }
+        };
+        Ok(stream)
+    }
+
+    async fn stat(&self, location: &str) -> Result<Option<u64>, BlobError> {
+        let path = self.blob_path(location)?;
+        let meta = not_found_to_none(tokio::fs::metadata(&path).await)
+            .map_err(BlobError::io(format!("stat {location}")))?;
+        Ok(meta.map(|m| m.len()))
+    }
+
+    async fn ping(&self) -> Result<(), BlobError> {
+        let dir = self.root.join("staging");
+        let meta = tokio::fs::metadata(&dir)
+            .await
+            .map_err(BlobError::io(format!("stat {}", dir.display())))?;
+        if meta.permissions().readonly() {
+            return Err(BlobError::Io {
+                context: format!("{} is read-only", dir.display()),
+                source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Appends on a dedicated thread, so that disk writes overlap with receiving
+/// the next chunk and with hashing.
+struct FsAppend {
+    tx: Option<mpsc::Sender<Bytes>>,
+    done: oneshot::Receiver<std::io::Result<u64>>,
+    id: String,
+}
+
+impl FsAppend {
+    fn spawn(file: File, id: String) -> FsAppend {
+        let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+        let (done_tx, done) = oneshot::channel();
+        let run = move || -> std::io::Result<u64> {
+            let mut w = BufWriter::with_capacity(WRITE_BUFFER, file);
+            let mut result = Ok(());
+            while let Some(chunk) = rx.blocking_recv() {
+                result = w.write_all(&chunk);
+                if result.is_err() {
+                    break;
+                }
+            }
+            // Flush and sync whatever was written even after a failure, so
+            // the staged length reported afterwards is durable.
+            let file = w.into_inner().map_err(|e| e.into_error())?;
+            file.sync_data()?;
+            result?;
+            Ok(file.metadata()?.len())
+        };
+        let spawned = std::thread::Builder::new()
+            .name("staging-write".into())
+            .spawn(move || {
+                let _ = done_tx.send(run());
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot spawn staging writer thread");
+        }
+        FsAppend {
+            tx: Some(tx),
+            done,
+            id,
+        }
+    }
+
+    fn gone(&self) -> BlobError {
+        BlobError::Io {
+            context: format!("writing staging {}", self.id),
+            source: std::io::Error::other("writer thread stopped"),
+        }
+    }
+}
+
+#[async_trait]
+impl StagingWriter for FsAppend {
+    async fn write(&mut self, chunk: Bytes) -> Result<(), BlobError> {
+        let tx = self.tx.as_ref().ok_or_else(|| self.gone())?;
+        if tx.send(chunk).await.is_err() {
+            return Err(self.gone());
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<u64, BlobError> {
+        drop(self.tx.take());
+        let id = self.id.clone();
+        match (&mut self.done).await {
+            Ok(r) => r.map_err(BlobError::io(format!("writing staging {id}"))),
+            Err(_) => Err(self.gone()),
+        }
+    }
+}

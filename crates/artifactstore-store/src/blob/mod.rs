@@ -1,0 +1,87 @@
+//! Where blob bytes live. A backend stores two kinds of object: *staging*
+//! objects (the bytes of an upload in progress, named by an id, appendable,
+//! durable after each append) and *blobs* (immutable, found by a location
+//! string recorded in the metadata). Committing a staging object turns it
+//! into a blob without copying its bytes.
+//!
+//! Every upload, monolithic or resumable, goes through staging: the
+//! monolithic `PUT /blobs` is one append followed by a commit.
+
+pub mod fs;
+
+use std::ops::Range;
+
+use artifactstore_core::BlobId;
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+/// A stream of blob bytes.
+pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("no staging object {0}")]
+    StagingNotFound(String),
+    #[error("no blob at {0}")]
+    NotFound(String),
+    #[error("invalid location {0:?}")]
+    InvalidLocation(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl BlobError {
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> BlobError {
+        let context = context.into();
+        move |source| BlobError::Io { context, source }
+    }
+}
+
+#[async_trait]
+pub trait BlobBackend: Send + Sync + std::fmt::Debug + 'static {
+    /// Creates an empty staging object.
+    async fn staging_create(&self, id: &str) -> Result<(), BlobError>;
+    /// The number of bytes staged so far, or `None` if there is no such object.
+    async fn staging_len(&self, id: &str) -> Result<Option<u64>, BlobError>;
+    /// Opens the staging object for appending at its end.
+    async fn staging_append(&self, id: &str) -> Result<Box<dyn StagingWriter>, BlobError>;
+    /// Reads back everything staged (to rebuild digest state after a restart).
+    async fn staging_read(&self, id: &str) -> Result<ByteStream, BlobError>;
+    /// Turns the staging object into the blob `blob` and returns its
+    /// location. Durable when it returns. If the blob is already stored, the
+    /// staging object is discarded and the existing location returned.
+    async fn staging_commit(&self, id: &str, blob: &BlobId) -> Result<String, BlobError>;
+    /// Cuts a staging object back to `len` bytes, a length an earlier
+    /// [`StagingWriter::finish`] returned: undoes a refused append.
+    async fn staging_truncate(&self, id: &str, len: u64) -> Result<(), BlobError>;
+    /// Removes a staging object; removing a missing one is not an error.
+    async fn staging_delete(&self, id: &str) -> Result<(), BlobError>;
+
+    /// Reads a blob, or a byte range of it.
+    async fn read(
+        &self,
+        location: &str,
+        range: Option<Range<u64>>,
+    ) -> Result<ByteStream, BlobError>;
+    /// The stored size of a blob, or `None` if it is absent.
+    async fn stat(&self, location: &str) -> Result<Option<u64>, BlobError>;
+    /// Checks that the backend can serve requests.
+    async fn ping(&self) -> Result<(), BlobError>;
+}
+
+/// Appends to a staging object. Bytes are durable only once [`finish`]
+/// returns; on error the caller calls `finish` anyway to learn how many bytes
+/// made it.
+///
+/// [`finish`]: StagingWriter::finish
+#[async_trait]
+pub trait StagingWriter: Send {
+    async fn write(&mut self, chunk: Bytes) -> Result<(), BlobError>;
+    /// Makes everything written durable and returns the staged length.
+    async fn finish(self: Box<Self>) -> Result<u64, BlobError>;
+}

@@ -1,0 +1,330 @@
+//! Conformance suites for the backend traits. Every implementation runs the
+//! same suite from its own test (as the `object_store` crate runs one
+//! integration module against every store), so a new backend is correct
+//! exactly when it passes here. Each case gets a fresh backend from the
+//! factory. Failures panic with the name of the case.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use artifactstore_core::event::{ChainVerifier, EventData, EventDraft, GENESIS_PREV};
+use artifactstore_core::{BlobId, Timestamp};
+use bytes::Bytes;
+use futures::StreamExt;
+
+use crate::blob::{BlobBackend, BlobError, ByteStream};
+use crate::meta::{MetadataStore, UploadSession};
+
+async fn collect(mut s: ByteStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(chunk) = s.next().await {
+        out.extend_from_slice(&chunk.expect("stream chunk"));
+    }
+    out
+}
+
+/// Deterministic test bytes (no RNG needed to make them distinct).
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 9) as u8)
+        .collect()
+}
+
+async fn stage(b: &dyn BlobBackend, id: &str, data: &[u8], chunk: usize) -> u64 {
+    b.staging_create(id).await.expect("staging_create");
+    let mut w = b.staging_append(id).await.expect("staging_append");
+    for c in data.chunks(chunk.max(1)) {
+        w.write(Bytes::copy_from_slice(c)).await.expect("write");
+    }
+    w.finish().await.expect("finish")
+}
+
+/// Runs every blob-backend case.
+pub async fn blob_backend<F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn BlobBackend>>,
+{
+    staging_round_trip(&*make().await).await;
+    staging_appends_across_writers(&*make().await).await;
+    commit_then_read_whole_and_ranges(&*make().await).await;
+    committing_the_same_blob_twice(&*make().await).await;
+    empty_blob(&*make().await).await;
+    missing_objects(&*make().await).await;
+    make().await.ping().await.expect("ping");
+}
+
+async fn staging_round_trip(b: &dyn BlobBackend) {
+    let data = pattern(3 << 20 | 12345, 1);
+    let len = stage(b, "s-round-trip", &data, 70_001).await;
+    assert_eq!(len, data.len() as u64, "staging_round_trip: finish length");
+    assert_eq!(b.staging_len("s-round-trip").await.expect("len"), Some(len));
+    let back = collect(b.staging_read("s-round-trip").await.expect("read")).await;
+    assert!(back == data, "staging_round_trip: bytes differ");
+    b.staging_delete("s-round-trip").await.expect("delete");
+    assert_eq!(b.staging_len("s-round-trip").await.expect("len"), None);
+}
+
+async fn staging_appends_across_writers(b: &dyn BlobBackend) {
+    let data = pattern(100_000, 2);
+    stage(b, "s-append", &data[..40_000], 4096).await;
+    let mut w = b.staging_append("s-append").await.expect("reopen");
+    w.write(Bytes::copy_from_slice(&data[40_000..]))
+        .await
+        .expect("write");
+    assert_eq!(
+        w.finish().await.expect("finish"),
+        100_000,
+        "staging_appends_across_writers"
+    );
+    let back = collect(b.staging_read("s-append").await.expect("read")).await;
+    assert!(back == data, "staging_appends_across_writers: bytes differ");
+    // Undo the second append, then redo it.
+    b.staging_truncate("s-append", 40_000)
+        .await
+        .expect("truncate");
+    assert_eq!(b.staging_len("s-append").await.expect("len"), Some(40_000));
+    let mut w = b.staging_append("s-append").await.expect("reopen");
+    w.write(Bytes::copy_from_slice(&data[40_000..]))
+        .await
+        .expect("write");
+    assert_eq!(w.finish().await.expect("finish"), 100_000);
+    let back = collect(b.staging_read("s-append").await.expect("read")).await;
+    assert!(back == data, "staging_truncate: bytes differ after redo");
+}
+
+async fn commit_then_read_whole_and_ranges(b: &dyn BlobBackend) {
+    let data = pattern(1 << 20, 3);
+    let blob = BlobId::of(&data);
+    stage(b, "s-commit", &data, 65_536).await;
+    let loc = b.staging_commit("s-commit", &blob).await.expect("commit");
+    assert_eq!(
+        b.staging_len("s-commit").await.expect("len"),
+        None,
+        "commit consumes staging"
+    );
+    assert_eq!(b.stat(&loc).await.expect("stat"), Some(data.len() as u64));
+    let whole = collect(b.read(&loc, None).await.expect("read")).await;
+    assert!(whole == data, "commit: whole read differs");
+    for (start, end) in [
+        (0u64, 1u64),
+        (10, 20),
+        (65_535, 65_537),
+        (1_000_000, 1 << 20),
+    ] {
+        let part = collect(b.read(&loc, Some(start..end)).await.expect("range")).await;
+        assert!(
+            part == data[start as usize..end as usize],
+            "range {start}..{end} differs"
+        );
+    }
+}
+
+async fn committing_the_same_blob_twice(b: &dyn BlobBackend) {
+    let data = pattern(5000, 4);
+    let blob = BlobId::of(&data);
+    stage(b, "s-dup-1", &data, 1000).await;
+    stage(b, "s-dup-2", &data, 1000).await;
+    let l1 = b.staging_commit("s-dup-1", &blob).await.expect("commit 1");
+    let l2 = b.staging_commit("s-dup-2", &blob).await.expect("commit 2");
+    for loc in [&l1, &l2] {
+        let back = collect(b.read(loc, None).await.expect("read")).await;
+        assert!(back == data, "duplicate commit: bytes differ at {loc}");
+    }
+    assert_eq!(b.staging_len("s-dup-2").await.expect("len"), None);
+}
+
+async fn empty_blob(b: &dyn BlobBackend) {
+    let blob = BlobId::of(b"");
+    assert_eq!(stage(b, "s-empty", b"", 1).await, 0);
+    let loc = b.staging_commit("s-empty", &blob).await.expect("commit");
+    assert_eq!(b.stat(&loc).await.expect("stat"), Some(0));
+    assert!(
+        collect(b.read(&loc, None).await.expect("read"))
+            .await
+            .is_empty()
+    );
+}
+
+async fn missing_objects(b: &dyn BlobBackend) {
+    assert_eq!(b.staging_len("s-none").await.expect("len"), None);
+    assert!(matches!(
+        b.staging_append("s-none").await,
+        Err(BlobError::StagingNotFound(_))
+    ));
+    assert!(matches!(
+        b.staging_read("s-none").await,
+        Err(BlobError::StagingNotFound(_))
+    ));
+    assert!(matches!(
+        b.staging_commit("s-none", &BlobId::of(b"x")).await,
+        Err(BlobError::StagingNotFound(_))
+    ));
+    b.staging_delete("s-none")
+        .await
+        .expect("deleting a missing staging object is fine");
+    let loc_of_absent = {
+        // A location the backend itself would produce for a blob it never stored.
+        let data = pattern(10, 9);
+        stage(b, "s-probe", &data, 10).await;
+        let loc = b
+            .staging_commit("s-probe", &BlobId::of(&data))
+            .await
+            .expect("commit");
+        loc.replace(
+            &hex::encode(BlobId::of(&data).blake3),
+            &hex::encode([0xee; 32]),
+        )
+    };
+    assert!(matches!(
+        b.read(&loc_of_absent, None).await,
+        Err(BlobError::NotFound(_))
+    ));
+    assert_eq!(b.stat(&loc_of_absent).await.expect("stat"), None);
+    assert!(matches!(
+        b.read("../../etc/passwd", None).await,
+        Err(BlobError::InvalidLocation(_))
+    ));
+}
+
+fn blob_stored(n: u64) -> EventDraft {
+    let blob = BlobId::of(&n.to_be_bytes());
+    EventDraft {
+        id: format!("01936f2e-0000-7000-8000-{n:012x}"),
+        subject: blob.sha256_digest().to_string(),
+        actor: "conformance".into(),
+        at: Timestamp::from_unix_micros(1_800_000_000_000_000 + n as i64).expect("timestamp"),
+        data: EventData::BlobStored {
+            blob,
+            location: format!("loc-{n}"),
+        },
+    }
+}
+
+/// Runs every metadata-backend case.
+pub async fn metadata<F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn MetadataStore>>,
+{
+    empty_log(&*make().await).await;
+    append_updates_log_head_and_views(&*make().await).await;
+    dropped_transaction_leaves_nothing(&*make().await).await;
+    concurrent_appends_are_gapless_and_chained(make().await).await;
+    paging(&*make().await).await;
+    sessions(&*make().await).await;
+    make().await.ping().await.expect("ping");
+}
+
+async fn empty_log(m: &dyn MetadataStore) {
+    assert_eq!(m.head().await.expect("head"), (0, GENESIS_PREV));
+    assert!(m.events_after(0, 10).await.expect("events").is_empty());
+}
+
+async fn append_updates_log_head_and_views(m: &dyn MetadataStore) {
+    let mut tx = m.begin().await.expect("begin");
+    let e1 = tx.append(blob_stored(1)).await.expect("append 1");
+    let e2 = tx.append(blob_stored(2)).await.expect("append 2");
+    // Reads inside the transaction see its own writes.
+    let d2 = BlobId::of(&2u64.to_be_bytes());
+    assert!(
+        tx.blob(&d2.blake3_digest())
+            .await
+            .expect("tx blob")
+            .is_some()
+    );
+    tx.commit().await.expect("commit");
+    assert_eq!((e1.seq(), e2.seq()), (1, 2));
+    assert_eq!(e1.prev(), &GENESIS_PREV);
+    assert_eq!(e2.prev(), e1.hash());
+    assert_eq!(m.head().await.expect("head"), (2, *e2.hash()));
+    for digest in [d2.sha256_digest(), d2.blake3_digest()] {
+        let rec = m.blob(&digest).await.expect("blob").expect("blob row");
+        assert_eq!(rec.blob, d2);
+        assert_eq!(rec.location, "loc-2");
+        assert_eq!(rec.stored_seq, 2);
+    }
+    let stored = m.events_after(0, 10).await.expect("events");
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored[1].bytes, e2.canonical_bytes());
+    assert_eq!(&stored[1].hash, e2.hash());
+}
+
+async fn dropped_transaction_leaves_nothing(m: &dyn MetadataStore) {
+    {
+        let mut tx = m.begin().await.expect("begin");
+        tx.append(blob_stored(1)).await.expect("append");
+        // Dropped without commit.
+    }
+    assert_eq!(
+        m.head().await.expect("head").0,
+        0,
+        "rolled-back append consumed a seq"
+    );
+    assert!(
+        m.blob(&BlobId::of(&1u64.to_be_bytes()).sha256_digest())
+            .await
+            .expect("blob")
+            .is_none()
+    );
+    let mut tx = m.begin().await.expect("begin");
+    assert_eq!(tx.append(blob_stored(2)).await.expect("append").seq(), 1);
+    tx.commit().await.expect("commit");
+}
+
+async fn concurrent_appends_are_gapless_and_chained(m: Arc<dyn MetadataStore>) {
+    const WRITERS: u64 = 8;
+    const EACH: u64 = 25;
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let m = m.clone();
+            tokio::spawn(async move {
+                for i in 0..EACH {
+                    let mut tx = m.begin().await.expect("begin");
+                    tx.append(blob_stored(w * 1000 + i)).await.expect("append");
+                    tx.commit().await.expect("commit");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("writer task");
+    }
+    let events = m.events_after(0, 1000).await.expect("events");
+    assert_eq!(events.len() as u64, WRITERS * EACH);
+    let mut chain = ChainVerifier::new();
+    for e in &events {
+        chain.check(e.seq, &e.bytes, &e.hash).expect("chain");
+    }
+    let (seq, hash) = m.head().await.expect("head");
+    chain.finish(seq, &hash).expect("head matches");
+}
+
+async fn paging(m: &dyn MetadataStore) {
+    let mut tx = m.begin().await.expect("begin");
+    for n in 1..=7 {
+        tx.append(blob_stored(n)).await.expect("append");
+    }
+    tx.commit().await.expect("commit");
+    let page = m.events_after(2, 3).await.expect("page");
+    assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4, 5]);
+    assert!(m.events_after(7, 3).await.expect("end").is_empty());
+}
+
+async fn sessions(m: &dyn MetadataStore) {
+    let s = UploadSession {
+        id: "0193-session".into(),
+        created_at: Timestamp::from_unix_micros(1_800_000_000_000_000).expect("ts"),
+        actor: "ci".into(),
+    };
+    assert_eq!(m.session_get(&s.id).await.expect("get"), None);
+    m.session_insert(&s).await.expect("insert");
+    assert_eq!(m.session_get(&s.id).await.expect("get"), Some(s.clone()));
+    assert!(m.session_delete(&s.id).await.expect("delete"));
+    assert!(!m.session_delete(&s.id).await.expect("delete again"));
+    m.session_insert(&s).await.expect("insert");
+    let mut tx = m.begin().await.expect("begin");
+    tx.session_delete(&s.id).await.expect("tx delete");
+    tx.commit().await.expect("commit");
+    assert_eq!(m.session_get(&s.id).await.expect("get"), None);
+}

@@ -1,0 +1,80 @@
+//! The engine's error type. Every variant has a stable machine code and a
+//! class; adapters (HTTP, CLI) map the class to a status and show the code,
+//! and never need to know the variants.
+
+use artifactstore_core::Digest;
+
+/// How an adapter should present an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The request is malformed or its content is wrong (HTTP 400).
+    Invalid,
+    /// The thing asked for does not exist (404).
+    NotFound,
+    /// The request conflicts with current state (409).
+    Conflict,
+    /// The body is larger than the configured limit (413).
+    TooLarge,
+    /// The requested range lies outside the blob (416).
+    RangeNotSatisfiable,
+    /// Not the client's fault; details are logged, not shown (500).
+    Internal,
+    /// A dependency is unavailable (503).
+    Unavailable,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("declared digest {declared} does not match the received bytes ({actual})")]
+    DigestMismatch { declared: Digest, actual: Digest },
+    #[error("at least one expected digest is required to finish an upload")]
+    DigestRequired,
+    #[error("no upload session {0}")]
+    UploadNotFound(String),
+    #[error("upload offset {given} does not match the current offset {current}")]
+    OffsetMismatch { given: u64, current: u64 },
+    #[error("blob exceeds the configured maximum of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("no blob {0}")]
+    BlobNotFound(Digest),
+    #[error("range starts at {start}, beyond the blob's {size} bytes")]
+    RangeNotSatisfiable { start: u64, size: u64 },
+    #[error("reading the request body failed: {0}")]
+    BodyRead(std::io::Error),
+    #[error("blob backend: {0}")]
+    Blob(#[from] crate::blob::BlobError),
+    #[error("metadata backend: {0}")]
+    Meta(#[from] crate::meta::MetaError),
+}
+
+impl StoreError {
+    /// Stable machine code, used as the problem `type` suffix over HTTP.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::DigestMismatch { .. } => "digest-mismatch",
+            StoreError::DigestRequired => "digest-required",
+            StoreError::UploadNotFound(_) => "upload-not-found",
+            StoreError::OffsetMismatch { .. } => "upload-offset-mismatch",
+            StoreError::TooLarge { .. } => "blob-too-large",
+            StoreError::BlobNotFound(_) => "blob-not-found",
+            StoreError::RangeNotSatisfiable { .. } => "range-not-satisfiable",
+            StoreError::BodyRead(_) => "body-read-failed",
+            StoreError::Blob(_) | StoreError::Meta(_) => "internal",
+        }
+    }
+
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            StoreError::DigestMismatch { .. }
+            | StoreError::DigestRequired
+            | StoreError::BodyRead(_) => ErrorClass::Invalid,
+            StoreError::UploadNotFound(_) | StoreError::BlobNotFound(_) => ErrorClass::NotFound,
+            StoreError::OffsetMismatch { .. } => ErrorClass::Conflict,
+            StoreError::TooLarge { .. } => ErrorClass::TooLarge,
+            StoreError::RangeNotSatisfiable { .. } => ErrorClass::RangeNotSatisfiable,
+            StoreError::Blob(_) | StoreError::Meta(_) => ErrorClass::Internal,
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,0 +1,87 @@
+//! The metadata backend: the event log and the views derived from it.
+//!
+//! Writes go through a [`MetaTx`]: the engine reads what it needs to decide,
+//! then appends events; the backend assigns each its `seq` under the
+//! transaction's lock, chains it, stores it and applies it to the views, and
+//! all of it commits or none of it does. How an event changes the views is
+//! the backend's `apply` — the same code serves appends and `views rebuild`.
+
+pub mod sqlite;
+
+use artifactstore_core::event::{Event, EventDraft, Hash};
+use artifactstore_core::{BlobId, Digest, Timestamp};
+use async_trait::async_trait;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("database migration {version}: {source}")]
+    Migration {
+        version: i64,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("unsupported metadata url {0:?} (expected sqlite://…)")]
+    UnsupportedUrl(String),
+}
+
+/// A row of the `blobs` view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobRecord {
+    pub blob: BlobId,
+    pub location: String,
+    pub stored_seq: u64,
+    pub stored_at: Timestamp,
+}
+
+/// A stored event row as read back: the bytes and hash exactly as stored,
+/// so verification can check them rather than trust them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub seq: u64,
+    pub bytes: Vec<u8>,
+    pub hash: Hash,
+}
+
+/// An upload session: transient data-plane state, not an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadSession {
+    pub id: String,
+    pub created_at: Timestamp,
+    pub actor: String,
+}
+
+#[async_trait]
+pub trait MetadataStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Starts a write transaction. Only one is open at a time per database:
+    /// it holds the lock under which `seq` is assigned.
+    async fn begin(&self) -> Result<Box<dyn MetaTx>, MetaError>;
+
+    /// Looks a blob up by either of its digests.
+    async fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, MetaError>;
+    /// Up to `limit` events with `seq > after`, in order.
+    async fn events_after(&self, after: u64, limit: u32) -> Result<Vec<StoredEvent>, MetaError>;
+    /// The seq and hash of the last event (0 and zeros for an empty log).
+    async fn head(&self) -> Result<(u64, Hash), MetaError>;
+
+    async fn session_insert(&self, session: &UploadSession) -> Result<(), MetaError>;
+    async fn session_get(&self, id: &str) -> Result<Option<UploadSession>, MetaError>;
+    /// Deletes a session; returns whether it existed.
+    async fn session_delete(&self, id: &str) -> Result<bool, MetaError>;
+
+    /// Checks that the database answers.
+    async fn ping(&self) -> Result<(), MetaError>;
+}
+
+#[async_trait]
+pub trait MetaTx: Send {
+    async fn blob(&mut self, digest: &Digest) -> Result<Option<BlobRecord>, MetaError>;
+    /// Appends an event and applies it to the views.
+    async fn append(&mut self, draft: EventDraft) -> Result<Event, MetaError>;
+    /// Deletes an upload session as part of this transaction.
+    async fn session_delete(&mut self, id: &str) -> Result<(), MetaError>;
+    async fn commit(self: Box<Self>) -> Result<(), MetaError>;
+}

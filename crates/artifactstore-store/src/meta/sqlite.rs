@@ -1,0 +1,304 @@
+//! The embedded metadata backend: SQLite in WAL mode through sqlx.
+//!
+//! One writer connection (a pool of one, every transaction `BEGIN
+//! IMMEDIATE`, so the write lock is taken up front and two processes on the
+//! same file queue instead of deadlocking on a lock upgrade) and a pool of
+//! readers, which WAL lets run beside the writer. `synchronous = FULL`: a
+//! commit is on disk before it is acknowledged.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use artifactstore_core::event::{Event, EventData, EventDraft, Hash};
+use artifactstore_core::{Algorithm, BlobId, Digest, Timestamp};
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
+
+use super::{BlobRecord, MetaError, MetaTx, MetadataStore, StoredEvent, UploadSession};
+
+/// Embedded migrations, applied in order, each once, in one transaction.
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    include_str!("../../migrations/sqlite/0001_log_and_blobs.sql"),
+)];
+
+const READERS: u32 = 8;
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub struct SqliteMetadata {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteMetadata {
+    /// Opens (creating if needed) the database named by a `sqlite://` url and
+    /// applies pending migrations.
+    pub async fn open(url: &str) -> Result<SqliteMetadata, MetaError> {
+        if !url.starts_with("sqlite:") {
+            return Err(MetaError::UnsupportedUrl(url.to_owned()));
+        }
+        SqliteMetadata::open_with(SqliteConnectOptions::from_str(url)?).await
+    }
+
+    /// Opens (creating if needed) the database file at `path`.
+    pub async fn open_path(path: &std::path::Path) -> Result<SqliteMetadata, MetaError> {
+        SqliteMetadata::open_with(SqliteConnectOptions::new().filename(path)).await
+    }
+
+    async fn open_with(options: SqliteConnectOptions) -> Result<SqliteMetadata, MetaError> {
+        let base = options
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(base.clone().create_if_missing(true))
+            .await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .connect_with(base.read_only(true))
+            .await?;
+        let db = SqliteMetadata { writer, reader };
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    async fn migrate(&self) -> Result<(), MetaError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP) STRICT")
+            .execute(&mut *tx)
+            .await?;
+        let current: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+                .fetch_one(&mut *tx)
+                .await?;
+        for &(version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+            let step = async {
+                sqlx::raw_sql(sql).execute(&mut *tx).await?;
+                sqlx::query("INSERT INTO schema_migrations (version) VALUES (?)")
+                    .bind(version)
+                    .execute(&mut *tx)
+                    .await
+            };
+            step.await
+                .map_err(|source| MetaError::Migration { version, source })?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+fn u64_col(row: &SqliteRow, col: &str) -> Result<u64, MetaError> {
+    let v: i64 = row.try_get(col)?;
+    u64::try_from(v).map_err(|_| MetaError::Corrupt(format!("negative {col}")))
+}
+
+fn hash_col(row: &SqliteRow, col: &str) -> Result<Hash, MetaError> {
+    let v: Vec<u8> = row.try_get(col)?;
+    v.try_into()
+        .map_err(|_| MetaError::Corrupt(format!("{col} is not 32 bytes")))
+}
+
+fn ts_col(row: &SqliteRow, col: &str) -> Result<Timestamp, MetaError> {
+    let v: String = row.try_get(col)?;
+    v.parse()
+        .map_err(|_| MetaError::Corrupt(format!("{col} is not a timestamp: {v}")))
+}
+
+fn blob_record(row: &SqliteRow) -> Result<BlobRecord, MetaError> {
+    Ok(BlobRecord {
+        blob: BlobId {
+            sha256: hash_col(row, "sha256")?,
+            blake3: hash_col(row, "blake3")?,
+            size: u64_col(row, "size")?,
+        },
+        location: row.try_get("location")?,
+        stored_seq: u64_col(row, "stored_seq")?,
+        stored_at: ts_col(row, "stored_at")?,
+    })
+}
+
+fn i64_of(n: u64) -> Result<i64, MetaError> {
+    i64::try_from(n)
+        .map_err(|_| MetaError::Corrupt(format!("{n} exceeds the database integer range")))
+}
+
+async fn find_blob(
+    conn: &mut SqliteConnection,
+    digest: &Digest,
+) -> Result<Option<BlobRecord>, MetaError> {
+    let sql = match digest.algorithm() {
+        Algorithm::Sha256 => "SELECT * FROM blobs WHERE sha256 = ?",
+        Algorithm::Blake3 => "SELECT * FROM blobs WHERE blake3 = ?",
+    };
+    let row = sqlx::query(sql)
+        .bind(&digest.bytes()[..])
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(blob_record).transpose()
+}
+
+/// Applies one event to the views. Appends and rebuilds both come here.
+async fn apply(conn: &mut SqliteConnection, event: &Event) -> Result<(), MetaError> {
+    match event.data() {
+        EventData::BlobStored { blob, location } => {
+            sqlx::query("INSERT INTO blobs (sha256, blake3, size, location, stored_seq, stored_at) VALUES (?, ?, ?, ?, ?, ?)")
+                .bind(&blob.sha256[..])
+                .bind(&blob.blake3[..])
+                .bind(i64_of(blob.size)?)
+                .bind(location)
+                .bind(i64_of(event.seq())?)
+                .bind(event.at().to_string())
+                .execute(&mut *conn)
+                .await?;
+        }
+        EventData::BlobDeleted { blob } => {
+            sqlx::query("DELETE FROM blobs WHERE sha256 = ?")
+                .bind(&blob.sha256[..])
+                .execute(&mut *conn)
+                .await?;
+        }
+        other => {
+            return Err(MetaError::Corrupt(format!(
+                "event type {} has no view in this version",
+                other.type_name()
+            )));
+        }
+    }
+    sqlx::query("UPDATE views_state SET applied_seq = ? WHERE id = 1")
+        .bind(i64_of(event.seq())?)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl MetadataStore for SqliteMetadata {
+    async fn begin(&self) -> Result<Box<dyn MetaTx>, MetaError> {
+        let tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        Ok(Box::new(SqliteTx { tx }))
+    }
+
+    async fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, MetaError> {
+        let mut conn = self.reader.acquire().await?;
+        find_blob(&mut conn, digest).await
+    }
+
+    async fn events_after(&self, after: u64, limit: u32) -> Result<Vec<StoredEvent>, MetaError> {
+        let rows =
+            sqlx::query("SELECT seq, body, hash FROM events WHERE seq > ? ORDER BY seq LIMIT ?")
+                .bind(i64_of(after)?)
+                .bind(i64::from(limit))
+                .fetch_all(&self.reader)
+                .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredEvent {
+                    seq: u64_col(row, "seq")?,
+                    bytes: row.try_get("body")?,
+                    hash: hash_col(row, "hash")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn head(&self) -> Result<(u64, Hash), MetaError> {
+        let row = sqlx::query("SELECT seq, hash FROM log_head WHERE id = 1")
+            .fetch_one(&self.reader)
+            .await?;
+        Ok((u64_col(&row, "seq")?, hash_col(&row, "hash")?))
+    }
+
+    async fn session_insert(&self, s: &UploadSession) -> Result<(), MetaError> {
+        sqlx::query("INSERT INTO upload_sessions (id, created_at, actor) VALUES (?, ?, ?)")
+            .bind(&s.id)
+            .bind(s.created_at.to_string())
+            .bind(&s.actor)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn session_get(&self, id: &str) -> Result<Option<UploadSession>, MetaError> {
+        let row = sqlx::query("SELECT id, created_at, actor FROM upload_sessions WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.map(|row| {
+            Ok(UploadSession {
+                id: row.try_get("id")?,
+                created_at: ts_col(&row, "created_at")?,
+                actor: row.try_get("actor")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn session_delete(&self, id: &str) -> Result<bool, MetaError> {
+        let done = sqlx::query("DELETE FROM upload_sessions WHERE id = ?")
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn ping(&self) -> Result<(), MetaError> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct SqliteTx {
+    tx: Transaction<'static, Sqlite>,
+}
+
+#[async_trait]
+impl MetaTx for SqliteTx {
+    async fn blob(&mut self, digest: &Digest) -> Result<Option<BlobRecord>, MetaError> {
+        find_blob(&mut self.tx, digest).await
+    }
+
+    async fn append(&mut self, draft: EventDraft) -> Result<Event, MetaError> {
+        let head = sqlx::query("SELECT seq, hash FROM log_head WHERE id = 1")
+            .fetch_one(&mut *self.tx)
+            .await?;
+        let event = draft.seal(u64_col(&head, "seq")? + 1, hash_col(&head, "hash")?);
+        let seq = i64_of(event.seq())?;
+        sqlx::query("INSERT INTO events (seq, id, type, subject, at, body, hash) VALUES (?, ?, ?, ?, ?, ?, ?)")
+            .bind(seq)
+            .bind(event.id())
+            .bind(event.type_name())
+            .bind(event.subject())
+            .bind(event.at().to_string())
+            .bind(event.canonical_bytes())
+            .bind(&event.hash()[..])
+            .execute(&mut *self.tx)
+            .await?;
+        sqlx::query("UPDATE log_head SET seq = ?, hash = ? WHERE id = 1")
+            .bind(seq)
+            .bind(&event.hash()[..])
+            .execute(&mut *self.tx)
+            .await?;
+        apply(&mut self.tx, &event).await?;
+        Ok(event)
+    }
+
+    async fn session_delete(&mut self, id: &str) -> Result<(), MetaError> {
+        sqlx::query("DELETE FROM upload_sessions WHERE id = ?")
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), MetaError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}

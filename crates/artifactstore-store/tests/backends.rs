@@ -1,0 +1,38 @@
+//! Runs the backend conformance suites against the embedded backends.
+//! (PostgreSQL and S3 join this file when they exist.)
+
+use std::sync::Arc;
+
+use artifactstore_store::blob::BlobBackend;
+use artifactstore_store::blob::fs::FsBlobStore;
+use artifactstore_store::conformance;
+use artifactstore_store::meta::MetadataStore;
+use artifactstore_store::meta::sqlite::SqliteMetadata;
+
+#[tokio::test]
+async fn fs_blob_backend_conforms() {
+    let root = tempfile::tempdir().unwrap();
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    conformance::blob_backend(|| async {
+        let dir = root.path().join(
+            n.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                .to_string(),
+        );
+        Arc::new(FsBlobStore::open(dir).await.unwrap()) as Arc<dyn BlobBackend>
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_metadata_conforms() {
+    let root = tempfile::tempdir().unwrap();
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    conformance::metadata(|| async {
+        let path = root.path().join(format!(
+            "{}.sqlite",
+            n.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ));
+        Arc::new(SqliteMetadata::open_path(&path).await.unwrap()) as Arc<dyn MetadataStore>
+    })
+    .await;
+}
