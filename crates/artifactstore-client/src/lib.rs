@@ -1,1 +1,279 @@
+//! A typed HTTP client for the artifactstore API, used by the CLI and by
+//! black-box tests. It speaks the wire contract of DESIGN.md §5 and turns
+//! problem documents back into typed errors.
 
+use artifactstore_core::{BlobId, Digest};
+use bytes::Bytes;
+use futures::{Stream, TryStreamExt};
+use reqwest::{Body, Method, RequestBuilder, Response, StatusCode};
+
+pub use reqwest;
+
+/// A problem document (RFC 9457) the server answered with.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    pub status: u16,
+    #[serde(default)]
+    pub detail: String,
+    /// The `offset` member of an `upload-offset-mismatch` problem.
+    #[serde(default)]
+    pub offset: Option<u64>,
+}
+
+impl Problem {
+    /// The stable machine code: the suffix of the type URI.
+    pub fn code(&self) -> &str {
+        self.type_uri.rsplit(':').next().unwrap_or(&self.type_uri)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{}: {} ({})", .0.status, .0.detail, .0.code())]
+    Problem(Problem),
+    #[error("request failed: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("unexpected response: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    pub fn problem(&self) -> Option<&Problem> {
+        match self {
+            ClientError::Problem(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// What the server reports for a stored blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobInfo {
+    pub id: BlobId,
+    /// True when this request stored it (201), false when it was already there (200).
+    pub created: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct BlobBody {
+    sha256: String,
+    blake3: String,
+    size: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    /// A client for the server at `base` (e.g. `http://127.0.0.1:8080`).
+    pub fn new(base: impl Into<String>) -> Client {
+        Client {
+            http: reqwest::Client::new(),
+            base: base.into().trim_end_matches('/').to_owned(),
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base))
+    }
+
+    /// Sends a request; a non-success status becomes a typed error.
+    async fn send(&self, req: RequestBuilder) -> Result<Response> {
+        let resp = req.send().await?;
+        if resp.status().is_success() || resp.status() == StatusCode::NOT_MODIFIED {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        match serde_json::from_str::<Problem>(&text) {
+            Ok(p) => Err(ClientError::Problem(p)),
+            Err(_) => Err(ClientError::Protocol(format!(
+                "{status} without a problem document: {text}"
+            ))),
+        }
+    }
+
+    async fn blob_info(resp: Response) -> Result<BlobInfo> {
+        let created = resp.status() == StatusCode::CREATED;
+        let body: BlobBody = resp.json().await?;
+        let parse = |s: &str| -> Result<Digest> {
+            s.parse()
+                .map_err(|e| ClientError::Protocol(format!("digest {s:?}: {e}")))
+        };
+        Ok(BlobInfo {
+            id: BlobId {
+                sha256: *parse(&body.sha256)?.bytes(),
+                blake3: *parse(&body.blake3)?.bytes(),
+                size: body.size,
+            },
+            created,
+        })
+    }
+
+    /// `PUT /blobs/<digest>`: uploads a whole blob in one request.
+    pub async fn put_blob(&self, digest: &Digest, body: impl Into<Body>) -> Result<BlobInfo> {
+        let resp = self
+            .send(
+                self.request(Method::PUT, &format!("/blobs/{digest}"))
+                    .body(body),
+            )
+            .await?;
+        Client::blob_info(resp).await
+    }
+
+    /// `HEAD /blobs/<digest>`: the blob's identity, or `None` if absent.
+    pub async fn head_blob(&self, digest: &Digest) -> Result<Option<BlobId>> {
+        let resp = self
+            .request(Method::HEAD, &format!("/blobs/{digest}"))
+            .send()
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            return Err(ClientError::Protocol(format!(
+                "HEAD {digest}: {}",
+                resp.status()
+            )));
+        }
+        let header = |name: &str| -> Result<String> {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+                .ok_or_else(|| ClientError::Protocol(format!("missing {name}")))
+        };
+        let digest_of = |name: &str| -> Result<[u8; 32]> {
+            let d: Digest = header(name)?
+                .parse()
+                .map_err(|e| ClientError::Protocol(format!("{name}: {e}")))?;
+            Ok(*d.bytes())
+        };
+        Ok(Some(BlobId {
+            sha256: digest_of("artifactstore-sha256")?,
+            blake3: digest_of("artifactstore-blake3")?,
+            size: header("artifactstore-size")?
+                .parse()
+                .map_err(|_| ClientError::Protocol("artifactstore-size".into()))?,
+        }))
+    }
+
+    /// `GET /blobs/<digest>` with an optional `Range` header value; the raw
+    /// response, so callers can stream the body and read the headers.
+    pub async fn get_blob(&self, digest: &Digest, range: Option<&str>) -> Result<Response> {
+        let mut req = self.request(Method::GET, &format!("/blobs/{digest}"));
+        if let Some(r) = range {
+            req = req.header(reqwest::header::RANGE, r);
+        }
+        self.send(req).await
+    }
+
+    /// Downloads a whole blob into memory (small blobs; tests).
+    pub async fn get_blob_bytes(&self, digest: &Digest) -> Result<Bytes> {
+        Ok(self.get_blob(digest, None).await?.bytes().await?)
+    }
+
+    /// `POST /uploads`: starts a session; returns its id.
+    pub async fn create_upload(&self) -> Result<String> {
+        let resp = self.send(self.request(Method::POST, "/uploads")).await?;
+        let location = resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| ClientError::Protocol("POST /uploads without Location".into()))?;
+        location
+            .strip_prefix("/uploads/")
+            .map(str::to_owned)
+            .ok_or_else(|| ClientError::Protocol(format!("unexpected Location {location}")))
+    }
+
+    fn offset_of(resp: &Response) -> Result<u64> {
+        resp.headers()
+            .get("upload-offset")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| ClientError::Protocol("missing Upload-Offset".into()))
+    }
+
+    /// `HEAD /uploads/<id>`: the current offset.
+    pub async fn upload_offset(&self, id: &str) -> Result<u64> {
+        let resp = self
+            .request(Method::HEAD, &format!("/uploads/{id}"))
+            .send()
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Err(ClientError::Problem(Problem {
+                type_uri: "urn:artifactstore:problem:upload-not-found".into(),
+                status: 404,
+                detail: format!("no upload session {id}"),
+                offset: None,
+            }));
+        }
+        if !resp.status().is_success() {
+            return Err(ClientError::Protocol(format!(
+                "HEAD /uploads/{id}: {}",
+                resp.status()
+            )));
+        }
+        Client::offset_of(&resp)
+    }
+
+    /// `PATCH /uploads/<id>`: appends `body` at `offset`; returns the new offset.
+    pub async fn append_upload(&self, id: &str, offset: u64, body: impl Into<Body>) -> Result<u64> {
+        let req = self
+            .request(Method::PATCH, &format!("/uploads/{id}"))
+            .header("upload-offset", offset)
+            .body(body);
+        Client::offset_of(&self.send(req).await?)
+    }
+
+    /// Appends a stream of chunks (for bodies that must not be held in memory).
+    pub async fn append_upload_stream<S>(&self, id: &str, offset: u64, stream: S) -> Result<u64>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static,
+    {
+        self.append_upload(
+            id,
+            offset,
+            Body::wrap_stream(stream.map_err(std::io::Error::other)),
+        )
+        .await
+    }
+
+    /// `PUT /uploads/<id>?digest=…`: finishes with an optional last chunk.
+    pub async fn finish_upload(
+        &self,
+        id: &str,
+        digests: &[Digest],
+        last_chunk: Option<Body>,
+    ) -> Result<BlobInfo> {
+        let query: Vec<(&str, String)> =
+            digests.iter().map(|d| ("digest", d.to_string())).collect();
+        let mut req = self
+            .request(Method::PUT, &format!("/uploads/{id}"))
+            .query(&query);
+        req = match last_chunk {
+            Some(body) => req.body(body),
+            None => req.header(reqwest::header::CONTENT_LENGTH, 0),
+        };
+        Client::blob_info(self.send(req).await?).await
+    }
+
+    /// `DELETE /uploads/<id>`.
+    pub async fn abort_upload(&self, id: &str) -> Result<()> {
+        self.send(self.request(Method::DELETE, &format!("/uploads/{id}")))
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,302 @@
+//! The data-plane routes of DESIGN.md §5, one handler per row. Handlers only
+//! translate: HTTP in, engine call, HTTP out.
+
+use std::sync::Arc;
+
+use artifactstore_core::Digest;
+use artifactstore_store::blob::ByteStream;
+use artifactstore_store::meta::BlobRecord;
+use artifactstore_store::{Store, StoredBlob};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use futures::TryStreamExt;
+use serde_json::json;
+
+use crate::problem::Problem;
+use crate::range::{RangeRequest, resolve};
+
+pub static UPLOAD_OFFSET: HeaderName = HeaderName::from_static("upload-offset");
+pub static SHA256_HEADER: HeaderName = HeaderName::from_static("artifactstore-sha256");
+pub static BLAKE3_HEADER: HeaderName = HeaderName::from_static("artifactstore-blake3");
+pub static SIZE_HEADER: HeaderName = HeaderName::from_static("artifactstore-size");
+
+/// The actor recorded on events while no tokens are configured (the only
+/// mode so far: `serve` then refuses non-loopback addresses).
+pub(crate) const ANONYMOUS: &str = "anonymous";
+
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub store: Arc<Store>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/uploads", post(create_upload))
+        .route(
+            "/uploads/{id}",
+            axum::routing::patch(append_upload)
+                .head(upload_offset)
+                .put(finish_upload)
+                .delete(abort_upload),
+        )
+        .route(
+            "/blobs/{digest}",
+            put(put_blob).get(get_blob).head(get_blob),
+        )
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+type Result<T> = std::result::Result<T, Problem>;
+
+async fn not_found() -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "not-found", "no such route")
+}
+
+async fn method_not_allowed() -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "method not allowed on this route",
+    )
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(app): State<AppState>) -> Result<impl IntoResponse> {
+    app.store.check_ready().await.map_err(|e| {
+        tracing::warn!(error = %e, "not ready");
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not-ready",
+            "a backend is unavailable",
+        )
+    })?;
+    Ok(axum::Json(json!({"status": "ready"})))
+}
+
+fn parse_digest(text: &str) -> Result<Digest> {
+    text.parse()
+        .map_err(|e| Problem::bad_request("invalid-digest", format!("{text:?}: {e}")))
+}
+
+/// The request body as a stream, and its declared length if any.
+fn body_stream(req: Request) -> (Option<u64>, ByteStream) {
+    let len = content_length(req.headers());
+    let stream = req
+        .into_body()
+        .into_data_stream()
+        .map_err(std::io::Error::other);
+    (len, Box::pin(stream))
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+fn blob_headers(headers: &mut HeaderMap, record: &BlobRecord) {
+    let sha = record.blob.sha256_digest().to_string();
+    let put = |h: &mut HeaderMap, name: &HeaderName, v: String| {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(name.clone(), v);
+        }
+    };
+    put(headers, &header::ETAG, format!("\"{sha}\""));
+    put(headers, &SHA256_HEADER, sha);
+    put(
+        headers,
+        &BLAKE3_HEADER,
+        record.blob.blake3_digest().to_string(),
+    );
+    headers.insert(SIZE_HEADER.clone(), HeaderValue::from(record.blob.size));
+}
+
+fn stored_response(stored: StoredBlob) -> Response {
+    let status = if stored.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let b = &stored.record.blob;
+    let body = json!({
+        "sha256": b.sha256_digest().to_string(),
+        "blake3": b.blake3_digest().to_string(),
+        "size": b.size,
+    });
+    let mut response = (status, axum::Json(body)).into_response();
+    let headers = response.headers_mut();
+    blob_headers(headers, &stored.record);
+    if let Ok(loc) = HeaderValue::from_str(&format!("/blobs/{}", b.sha256_digest())) {
+        headers.insert(header::LOCATION, loc);
+    }
+    response
+}
+
+async fn put_blob(
+    State(app): State<AppState>,
+    Path(digest): Path<String>,
+    req: Request,
+) -> Result<Response> {
+    let digest = parse_digest(&digest)?;
+    let (len, body) = body_stream(req);
+    let stored = app.store.put_blob(&[digest], len, body, ANONYMOUS).await?;
+    Ok(stored_response(stored))
+}
+
+async fn get_blob(
+    State(app): State<AppState>,
+    method: Method,
+    Path(digest): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let digest = parse_digest(&digest)?;
+    let record = app.store.blob(&digest).await?;
+    let size = record.blob.size;
+    let etag = format!("\"{}\"", record.blob.sha256_digest());
+    let mut out = HeaderMap::new();
+    blob_headers(&mut out, &record);
+    out.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    out.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    // Content-addressed: the bytes at this URL can never change.
+    out.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=31536000, immutable"),
+    );
+
+    let if_none_match = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok());
+    if if_none_match.is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*")) {
+        return Ok((StatusCode::NOT_MODIFIED, out).into_response());
+    }
+    // If-Range with a different validator means "send everything".
+    let if_range_ok = headers
+        .get(header::IF_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v.trim() == etag);
+    let range_header = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| if_range_ok);
+    let (status, range) = match resolve(range_header, size) {
+        RangeRequest::Full => (StatusCode::OK, None),
+        RangeRequest::Partial(r) => {
+            let value = format!("bytes {}-{}/{size}", r.start, r.end - 1);
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                out.insert(header::CONTENT_RANGE, v);
+            }
+            (StatusCode::PARTIAL_CONTENT, Some(r))
+        }
+        RangeRequest::Unsatisfiable => {
+            return Err(
+                artifactstore_store::StoreError::RangeNotSatisfiable { start: size, size }.into(),
+            );
+        }
+    };
+    let len = range.as_ref().map_or(size, |r| r.end - r.start);
+    out.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if method == Method::HEAD {
+        return Ok((status, out).into_response());
+    }
+    let stream = app.store.read_blob(&record, range).await?;
+    Ok((status, out, Body::from_stream(stream)).into_response())
+}
+
+fn offset_headers(offset: u64) -> [(HeaderName, HeaderValue); 2] {
+    [
+        (UPLOAD_OFFSET.clone(), HeaderValue::from(offset)),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+    ]
+}
+
+async fn create_upload(State(app): State<AppState>) -> Result<Response> {
+    let id = app.store.create_upload(ANONYMOUS).await?;
+    let location = HeaderValue::from_str(&format!("/uploads/{id}")).map_err(|_| {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        offset_headers(0),
+        axum::Json(json!({"id": id, "offset": 0})),
+    )
+        .into_response())
+}
+
+async fn upload_offset(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response> {
+    let offset = app.store.upload_offset(&id).await?;
+    Ok((StatusCode::NO_CONTENT, offset_headers(offset)).into_response())
+}
+
+async fn append_upload(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Result<Response> {
+    let offset = req
+        .headers()
+        .get(&UPLOAD_OFFSET)
+        .ok_or_else(|| {
+            Problem::bad_request(
+                "upload-offset-required",
+                "PATCH needs an Upload-Offset header",
+            )
+        })?
+        .to_str()
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| {
+            Problem::bad_request(
+                "invalid-upload-offset",
+                "Upload-Offset must be a non-negative integer",
+            )
+        })?;
+    let (len, body) = body_stream(req);
+    let new_offset = app.store.append_upload(&id, offset, len, body).await?;
+    Ok((StatusCode::NO_CONTENT, offset_headers(new_offset)).into_response())
+}
+
+async fn finish_upload(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+    req: Request,
+) -> Result<Response> {
+    let mut declared = Vec::new();
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        if key == "digest" {
+            declared.push(parse_digest(&value)?);
+        }
+    }
+    let (len, body) = body_stream(req);
+    let last_chunk = (len != Some(0)).then_some((len, body));
+    let stored = app
+        .store
+        .finish_upload(&id, &declared, last_chunk, ANONYMOUS)
+        .await?;
+    Ok(stored_response(stored))
+}
+
+async fn abort_upload(State(app): State<AppState>, Path(id): Path<String>) -> Result<StatusCode> {
+    app.store.abort_upload(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,241 @@
+//! The TOML config file (DESIGN.md §6; every key is documented in
+//! OPERATOR.md). Unknown keys are errors; command-line flags override the
+//! file; the file overrides the defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use artifactstore_store::Limits;
+use serde::Deserialize;
+
+pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub(crate) const DEFAULT_DATA_DIR: &str = "./artifactstore-data";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    metadata: MetadataSection,
+    #[serde(default)]
+    blobs: BlobsSection,
+    #[serde(default)]
+    limits: LimitsSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetadataSection {
+    url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BlobsSection {
+    backend: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsSection {
+    max_blob_size: Option<ByteSize>,
+}
+
+/// A size given as a number of bytes or as text with a unit (`"64 GiB"`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(try_from = "toml::Value")]
+struct ByteSize(u64);
+
+impl TryFrom<toml::Value> for ByteSize {
+    type Error = String;
+    fn try_from(v: toml::Value) -> Result<Self, Self::Error> {
+        match v {
+            toml::Value::Integer(n) if n >= 0 => Ok(ByteSize(n as u64)),
+            toml::Value::String(s) => parse_size(&s).map(ByteSize),
+            other => Err(format!(
+                "expected a size like 1048576 or \"64 GiB\", got {other}"
+            )),
+        }
+    }
+}
+
+/// Parses `123`, `10 KiB`, `64GiB`, `500MB`, … (binary and decimal units).
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?}"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        other => return Err(format!("unknown size unit {other:?} in {s:?}")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+/// Flags that override the file.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Overrides {
+    pub(crate) config: Option<PathBuf>,
+    pub(crate) listen: Option<String>,
+    pub(crate) data_dir: Option<PathBuf>,
+}
+
+/// The effective settings of a store process.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) listen: SocketAddr,
+    pub(crate) data_dir: PathBuf,
+    /// `None`: `<data_dir>/meta.sqlite`.
+    pub(crate) metadata_url: Option<String>,
+    pub(crate) limits: Limits,
+}
+
+impl Settings {
+    pub(crate) fn load(o: &Overrides) -> anyhow::Result<Settings> {
+        let file = match &o.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let listen_text = o
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen = listen_text
+            .parse()
+            .with_context(|| format!("listen address {listen_text:?} is not host:port"))?;
+        match file.blobs.backend.as_deref() {
+            None | Some("fs") => {}
+            Some(other) => {
+                bail!("blob backend {other:?} is not available in this version (supported: \"fs\")")
+            }
+        }
+        if let Some(url) = &file.metadata.url
+            && !url.starts_with("sqlite:")
+        {
+            bail!("metadata url {url:?} is not supported in this version (supported: sqlite://…)");
+        }
+        let mut limits = Limits::default();
+        if let Some(ByteSize(n)) = file.limits.max_blob_size {
+            limits.max_blob_size = n;
+        }
+        Ok(Settings {
+            listen,
+            data_dir: o
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            metadata_url: file.metadata.url,
+            limits,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| {
+        // toml's message spans several lines with a source excerpt; keep the
+        // first line so the CLI error stays one line.
+        let msg = e.message().to_owned();
+        let at = e
+            .span()
+            .map(|s| line_of(&text, s.start))
+            .map(|l| format!(" (line {l})"))
+            .unwrap_or_default();
+        anyhow::anyhow!("config {}{at}: {msg}", path.display())
+    })
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml_text: &str, o: Overrides) -> anyhow::Result<Settings> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, toml_text).unwrap();
+        Settings::load(&Overrides {
+            config: Some(path),
+            ..o
+        })
+    }
+
+    #[test]
+    fn defaults() {
+        let s = Settings::load(&Overrides::default()).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.data_dir, PathBuf::from("./artifactstore-data"));
+        assert_eq!(s.metadata_url, None);
+        assert_eq!(s.limits.max_blob_size, 64 << 30);
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let text = "listen = \"127.0.0.1:9000\"\ndata_dir = \"/srv/a\"\n[limits]\nmax_blob_size = \"10 MiB\"\n[blobs]\nbackend = \"fs\"\n";
+        let s = load(text, Overrides::default()).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(s.data_dir, PathBuf::from("/srv/a"));
+        assert_eq!(s.limits.max_blob_size, 10 << 20);
+        let s = load(
+            text,
+            Overrides {
+                listen: Some("127.0.0.1:1".into()),
+                data_dir: Some("/x".into()),
+                config: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:1");
+        assert_eq!(s.data_dir, PathBuf::from("/x"));
+    }
+
+    #[test]
+    fn refusals_are_one_line() {
+        for (text, needle) in [
+            ("colour = \"blue\"\n", "unknown field `colour`"),
+            ("[limits]\nmax_size = 1\n", "unknown field `max_size`"),
+            (
+                "[limits]\nmax_blob_size = \"3 parsecs\"\n",
+                "unknown size unit",
+            ),
+            ("listen = \"nowhere\"\n", "not host:port"),
+            ("[blobs]\nbackend = \"tape\"\n", "not available"),
+            ("[metadata]\nurl = \"mysql://x\"\n", "not supported"),
+            ("listen = [", "line 1"),
+        ] {
+            let err = format!("{:#}", load(text, Overrides::default()).unwrap_err());
+            assert!(err.contains(needle), "{text:?}: {err}");
+            assert!(!err.contains('\n'), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("123"), Ok(123));
+        assert_eq!(parse_size("64GiB"), Ok(64 << 30));
+        assert_eq!(parse_size("5 MB"), Ok(5_000_000));
+        assert!(parse_size("x").is_err());
+        assert!(parse_size("99999999999 TiB").is_err());
+    }
+}
