@@ -106,6 +106,7 @@ fn write_string(s: &str, out: &mut String) {
 mod tests {
     use super::*;
     use crate::cbor::Map;
+    use proptest::prelude::*;
 
     fn t(s: &str) -> Value {
         Value::text(s)
@@ -188,6 +189,82 @@ mod tests {
             to_jcs(&Value::Map(m)).unwrap(),
             "{\"aa\":\"01\",\"b\":[1,null]}"
         );
+    }
+
+    /// Values inside the JCS domain: safe integers, text keys.
+    fn arb_jcs_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            (0..=MAX_SAFE_INTEGER).prop_map(Value::Unsigned),
+            (0..MAX_SAFE_INTEGER).prop_map(Value::Negative),
+            proptest::collection::vec(any::<u8>(), 0..16).prop_map(Value::Bytes),
+            any::<String>().prop_map(Value::Text),
+            any::<bool>().prop_map(Value::Bool),
+            Just(Value::Null),
+        ];
+        leaf.prop_recursive(3, 32, 5, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                proptest::collection::btree_map(any::<String>(), inner, 0..5).prop_map(|m| {
+                    Value::Map(m.into_iter().fold(Map::new(), |m, (k, v)| m.with(&k, v)))
+                }),
+            ]
+        })
+    }
+
+    /// The JSON a value must parse back to: bytes as hex text.
+    fn expected_json(v: &Value) -> serde_json::Value {
+        use serde_json::Value as J;
+        match v {
+            Value::Unsigned(n) => J::from(*n),
+            Value::Negative(n) => J::from(-1 - *n as i64),
+            Value::Bytes(b) => J::from(hex::encode(b)),
+            Value::Text(s) => J::from(s.as_str()),
+            Value::Array(items) => J::Array(items.iter().map(expected_json).collect()),
+            Value::Map(m) => J::Object(
+                m.iter()
+                    .map(|(k, v)| (k.as_text().unwrap().to_owned(), expected_json(v)))
+                    .collect(),
+            ),
+            Value::Bool(b) => J::from(*b),
+            Value::Null => J::Null,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn output_is_json_that_parses_back_to_the_value(v in arb_jcs_value()) {
+            let text = to_jcs(&v).unwrap();
+            let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+            prop_assert_eq!(parsed, expected_json(&v));
+        }
+
+        #[test]
+        fn object_members_come_in_utf16_order(keys in proptest::collection::btree_set(any::<String>(), 0..8)) {
+            let m = keys.iter().fold(Map::new(), |m, k| m.with(k, Value::Null));
+            let text = to_jcs(&Value::Map(m)).unwrap();
+            // A serde_json map without preserve_order is a BTreeMap; read
+            // the members in document order from a stream instead.
+            let mut de = serde_json::Deserializer::from_str(&text);
+            let ordered: Vec<String> = {
+                use serde::de::{Deserializer as _, MapAccess, Visitor};
+                struct Keys;
+                impl<'de> Visitor<'de> for Keys {
+                    type Value = Vec<String>;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str("map") }
+                    fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Vec<String>, A::Error> {
+                        let mut out = Vec::new();
+                        while let Some((k, _)) = a.next_entry::<String, serde::de::IgnoredAny>()? {
+                            out.push(k);
+                        }
+                        Ok(out)
+                    }
+                }
+                (&mut de).deserialize_map(Keys).unwrap()
+            };
+            let mut want: Vec<String> = keys.into_iter().collect();
+            want.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
+            prop_assert_eq!(ordered, want);
+        }
     }
 
     #[test]

@@ -180,9 +180,9 @@ impl Store {
         size_hint: Option<u64>,
         body: ByteStream,
     ) -> Result<u64> {
-        let slot = self.session_slot(id);
+        let slot = self.session_slot(id).await?;
         let mut state = slot.lock().await;
-        let current = self.upload_offset(id).await?;
+        let current = self.locked_offset(id).await?;
         if offset != current {
             return Err(StoreError::OffsetMismatch {
                 given: offset,
@@ -210,9 +210,9 @@ impl Store {
         if declared.is_empty() {
             return Err(StoreError::DigestRequired);
         }
-        let slot = self.session_slot(id);
+        let slot = self.session_slot(id).await?;
         let mut guard = slot.lock().await;
-        let current = self.upload_offset(id).await?;
+        let current = self.locked_offset(id).await?;
         let mut state = self.resume_state(id, guard.take(), current).await?;
         if let Some((size_hint, body)) = last_chunk {
             self.check_declared_size(size_hint.map(|n| n.saturating_add(current)))?;
@@ -225,7 +225,7 @@ impl Store {
 
     /// Abandons an upload and its bytes.
     pub async fn abort_upload(&self, id: &str) -> Result<()> {
-        let slot = self.session_slot(id);
+        let slot = self.session_slot(id).await?;
         let _guard = slot.lock().await;
         let existed = self.meta.session_delete(id).await?;
         self.forget_slot(id);
@@ -262,6 +262,14 @@ impl Store {
         Ok(self.blobs.read(&record.location, range).await?)
     }
 
+    /// Upload sessions this process holds digest state for.
+    pub fn sessions_in_memory(&self) -> usize {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
     /// A page of the event log.
     pub async fn events_after(&self, after: u64, limit: u32) -> Result<Vec<StoredEvent>> {
         Ok(self.meta.events_after(after, limit).await?)
@@ -281,9 +289,22 @@ impl Store {
             .ok_or_else(|| StoreError::UploadNotFound(id.to_owned()))
     }
 
-    fn session_slot(&self, id: &str) -> SessionSlot {
+    /// The in-process slot of a known session. Unknown ids get none, so
+    /// requests naming random ids cannot grow the map.
+    async fn session_slot(&self, id: &str) -> Result<SessionSlot> {
+        self.require_session(id).await?;
         let mut map = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(id.to_owned()).or_default().clone()
+        Ok(map.entry(id.to_owned()).or_default().clone())
+    }
+
+    /// The offset, read under the session's lock. The session may have
+    /// ended while this request waited for the lock; then its slot goes too.
+    async fn locked_offset(&self, id: &str) -> Result<u64> {
+        let offset = self.upload_offset(id).await;
+        if matches!(offset, Err(StoreError::UploadNotFound(_))) {
+            self.forget_slot(id);
+        }
+        offset
     }
 
     fn forget_slot(&self, id: &str) {
