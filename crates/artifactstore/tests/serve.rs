@@ -7,15 +7,10 @@ use std::process::Command;
 
 use artifactstore_client::Client;
 use artifactstore_core::BlobId;
+use artifactstore_store::conformance::pattern;
 use bytes::Bytes;
 use common::{ServerProcess, binary, require_tool, temp_dir};
 use sha2::Digest as _;
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(131).wrapping_add(seed) ^ (i >> 11) as u8)
-        .collect()
-}
 
 /// The README's walkthrough: upload with curl, compare with sha256sum and b3sum.
 #[test]
