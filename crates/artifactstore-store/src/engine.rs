@@ -97,10 +97,6 @@ impl Store {
         ))
     }
 
-    pub fn limits(&self) -> Limits {
-        self.limits
-    }
-
     fn new_id(&self) -> String {
         let micros = self.clock.now().unix_micros().max(0) as u64;
         let ts = uuid::Timestamp::from_unix(
