@@ -6,7 +6,7 @@
 //! and are emitted sorted by the UTF-16 code units of the keys, as RFC 8785
 //! §3.2.3 requires (a different order from CBOR's).
 
-use crate::cbor::Value;
+use crate::cbor::{Map, Value};
 
 /// The largest integer artifactstore stores anywhere: 2^53 − 1.
 pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
@@ -102,10 +102,88 @@ fn write_string(s: &str, out: &mut String) {
     out.push('"');
 }
 
+/// JSON that cannot be read into the data model.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid JSON: {0}")]
+pub struct JsonError(String);
+
+/// Reads JSON text into a [`Value`], strictly: integers only (no fractions,
+/// exponents or values beyond ±(2^53 − 1)), no duplicate object keys.
+/// Strings stay text: which of them are hex byte strings is for the schema
+/// reading the value to say (see `Manifest::from_json_value`).
+pub fn parse_json(text: &str) -> Result<Value, JsonError> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let v = <StrictValue as serde::Deserialize>::deserialize(&mut de)
+        .map(|StrictValue(v)| v)
+        .map_err(|e: serde_json::Error| JsonError(e.to_string()))?;
+    de.end().map_err(|e| JsonError(e.to_string()))?;
+    Ok(v)
+}
+
+struct StrictValue(Value);
+
+impl<'de> serde::Deserialize<'de> for StrictValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = StrictValue;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value with integer numbers only")
+    }
+    fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<StrictValue, E> {
+        Ok(StrictValue(Value::Bool(b)))
+    }
+    fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<StrictValue, E> {
+        if n > MAX_SAFE_INTEGER {
+            return Err(E::custom(format!("integer {n} exceeds 2^53 - 1")));
+        }
+        Ok(StrictValue(Value::Unsigned(n)))
+    }
+    fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<StrictValue, E> {
+        if n.unsigned_abs() > MAX_SAFE_INTEGER {
+            return Err(E::custom(format!(
+                "integer {n} exceeds 2^53 - 1 in magnitude"
+            )));
+        }
+        Ok(StrictValue(Value::int(n)))
+    }
+    fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<StrictValue, E> {
+        Err(E::custom(format!(
+            "number {n} is not an integer (or is out of range)"
+        )))
+    }
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<StrictValue, E> {
+        Ok(StrictValue(Value::text(s)))
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<StrictValue, E> {
+        Ok(StrictValue(Value::Null))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<StrictValue, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictValue(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(StrictValue(Value::Array(items)))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<StrictValue, A::Error> {
+        let mut m = Map::new();
+        while let Some((k, StrictValue(v))) = map.next_entry::<String, StrictValue>()? {
+            m.insert(Value::text(&k), v)
+                .map_err(|_| serde::de::Error::custom(format!("duplicate key {k:?}")))?;
+        }
+        Ok(StrictValue(Value::Map(m)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cbor::Map;
     use proptest::prelude::*;
 
     fn t(s: &str) -> Value {
@@ -264,6 +342,28 @@ mod tests {
             let mut want: Vec<String> = keys.into_iter().collect();
             want.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
             prop_assert_eq!(ordered, want);
+        }
+    }
+
+    #[test]
+    fn strict_json_reading() {
+        let v =
+            parse_json(r#"{"b": [1, -2, null, true], "a": "x", "n": 9007199254740991}"#).unwrap();
+        assert_eq!(
+            to_jcs(&v).unwrap(),
+            r#"{"a":"x","b":[1,-2,null,true],"n":9007199254740991}"#
+        );
+        for bad in [
+            r#"{"a": 1, "a": 2}"#,
+            "1.5",
+            "1e3",
+            "9007199254740992",
+            "-9007199254740992",
+            "[1,]",
+            "{} extra",
+            "",
+        ] {
+            assert!(parse_json(bad).is_err(), "{bad}");
         }
     }
 

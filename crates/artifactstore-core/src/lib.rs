@@ -6,6 +6,7 @@
 //! - [`jcs`]: the RFC 8785 JSON projection of the same values.
 //! - [`manifest`]: manifest v1 and its validation.
 //! - [`event`]: the event envelope, the v1 types and the hash chain.
+//! - [`retention`]: retention classes and expiry arithmetic.
 //! - [`time`]: the one timestamp text form.
 
 pub mod cbor;
@@ -13,6 +14,7 @@ pub mod digest;
 pub mod event;
 pub mod jcs;
 pub mod manifest;
+pub mod retention;
 pub mod time;
 
 pub use digest::{Algorithm, BlobId, Digest, DigestError};

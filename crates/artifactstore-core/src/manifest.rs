@@ -56,7 +56,7 @@ pub enum ManifestError {
     UnsortedPaths(String),
     #[error("size of {0:?} exceeds 2^53 - 1")]
     SizeTooLarge(String),
-    #[error("digest of {0:?} must be 32 bytes")]
+    #[error("digest of {0:?} must be 32 bytes (64 lowercase hex characters in JSON)")]
     DigestLength(String),
     #[error("invalid media type {0:?}")]
     InvalidMediaType(String),
@@ -170,8 +170,18 @@ impl Manifest {
         Manifest::from_value(&cbor::decode(bytes)?)
     }
 
-    /// Reads a manifest from a value (e.g. parsed from JSON), validating it.
+    /// Reads a manifest from a decoded canonical CBOR value, validating it.
     pub fn from_value(value: &Value) -> Result<Manifest, ManifestError> {
+        Manifest::read(value, Form::Cbor)
+    }
+
+    /// Reads a manifest from its JSON (JCS) form, where the digests are
+    /// lowercase hex text instead of byte strings; validation is the same.
+    pub fn from_json_value(value: &Value) -> Result<Manifest, ManifestError> {
+        Manifest::read(value, Form::Json)
+    }
+
+    fn read(value: &Value, form: Form) -> Result<Manifest, ManifestError> {
         let m = value.as_map().ok_or(ManifestError::NotAMap)?;
         check_fields::<ManifestError>(m, &["schema", "name", "files"], &["annotations"])?;
         if text_field(m, "schema")? != SCHEMA_V1 {
@@ -183,7 +193,7 @@ impl Manifest {
             .and_then(Value::as_array)
             .ok_or(ManifestError::WrongType("files"))?
             .iter()
-            .map(file_from_value)
+            .map(|f| file_from_value(f, form))
             .collect::<Result<Vec<_>, _>>()?;
         let annotations = match m.get("annotations") {
             None => BTreeMap::new(),
@@ -201,7 +211,14 @@ impl Manifest {
     }
 }
 
-fn file_from_value(v: &Value) -> Result<FileEntry, ManifestError> {
+/// Byte strings are CBOR byte strings, or lowercase hex text in JSON.
+#[derive(Debug, Clone, Copy)]
+enum Form {
+    Cbor,
+    Json,
+}
+
+fn file_from_value(v: &Value, form: Form) -> Result<FileEntry, ManifestError> {
     let m = v.as_map().ok_or(ManifestError::WrongType("files"))?;
     check_fields::<ManifestError>(m, &["path", "size", "sha256", "blake3"], &["media_type"])?;
     let path = text_field(m, "path")?.to_owned();
@@ -210,13 +227,17 @@ fn file_from_value(v: &Value) -> Result<FileEntry, ManifestError> {
         .and_then(Value::as_u64)
         .ok_or(ManifestError::WrongType("size"))?;
     let digest = |key: &'static str| -> Result<[u8; 32], ManifestError> {
-        let bytes = m
-            .get(key)
-            .and_then(Value::as_bytes)
-            .ok_or(ManifestError::WrongType(key))?;
-        bytes
-            .try_into()
-            .map_err(|_| ManifestError::DigestLength(path.clone()))
+        let field = m.get(key).ok_or(ManifestError::MissingField(key))?;
+        match (form, field) {
+            (Form::Cbor, Value::Bytes(b)) => b
+                .as_slice()
+                .try_into()
+                .map_err(|_| ManifestError::DigestLength(path.clone())),
+            (Form::Json, Value::Text(t)) => {
+                crate::digest::parse_hex32(t).map_err(|_| ManifestError::DigestLength(path.clone()))
+            }
+            _ => Err(ManifestError::WrongType(key)),
+        }
     };
     let blob = BlobId {
         sha256: digest("sha256")?,
@@ -407,6 +428,22 @@ mod tests {
         let bytes = m.to_canonical_bytes();
         assert_eq!(Manifest::decode(&bytes).unwrap(), m);
         assert_eq!(m.total_size(), 3 + 12);
+    }
+
+    #[test]
+    fn json_form_reads_back_the_jcs_projection() {
+        let m = sample();
+        let jcs = crate::jcs::to_jcs(&m.to_value()).unwrap();
+        let parsed = crate::jcs::parse_json(&jcs).unwrap();
+        assert_eq!(Manifest::from_json_value(&parsed).unwrap(), m);
+        // Byte strings are not accepted as text in CBOR, nor the reverse.
+        assert!(Manifest::from_value(&parsed).is_err());
+        assert!(Manifest::from_json_value(&m.to_value()).is_err());
+        let bad = jcs.replacen(&hex::encode(m.files()[0].blob.sha256), "sha256:00", 1);
+        assert_eq!(
+            Manifest::from_json_value(&crate::jcs::parse_json(&bad).unwrap()).unwrap_err(),
+            ManifestError::DigestLength("logs/run.log".into())
+        );
     }
 
     #[test]

@@ -79,6 +79,7 @@ impl From<StoreError> for Problem {
             ErrorClass::NotFound => StatusCode::NOT_FOUND,
             ErrorClass::Conflict => StatusCode::CONFLICT,
             ErrorClass::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorClass::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorClass::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
             ErrorClass::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorClass::Internal => {
@@ -104,6 +105,12 @@ impl From<StoreError> for Problem {
                     .with("actual", json!(actual.to_string()));
             }
             StoreError::TooLarge { limit } => p = p.with("limit", json!(limit)),
+            StoreError::MissingBlobs(missing) => {
+                let missing: Vec<String> = missing.iter().map(ToString::to_string).collect();
+                p = p.with("missing", json!(missing));
+            }
+            StoreError::ManifestBlobMismatch(paths) => p = p.with("paths", json!(paths)),
+            StoreError::UnknownClass { known, .. } => p = p.with("known", json!(known)),
             StoreError::RangeNotSatisfiable { size, .. } => {
                 p = p.with_header(
                     header::CONTENT_RANGE,

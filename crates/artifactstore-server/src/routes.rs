@@ -49,6 +49,16 @@ pub fn router(state: AppState) -> Router {
             "/blobs/{digest}",
             put(put_blob).get(get_blob).head(get_blob),
         )
+        .route(
+            "/packages",
+            post(crate::packages::create).get(crate::packages::list),
+        )
+        .route("/packages/{id}", get(crate::packages::show))
+        .route("/packages/{id}/manifest", get(crate::packages::manifest))
+        .route(
+            "/packages/{id}/files/{*path}",
+            get(crate::packages::file).head(crate::packages::file),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
@@ -64,7 +74,7 @@ pub fn router(state: AppState) -> Router {
         )
 }
 
-type Result<T> = std::result::Result<T, Problem>;
+pub(crate) type Result<T> = std::result::Result<T, Problem>;
 
 async fn not_found() -> Problem {
     Problem::new(StatusCode::NOT_FOUND, "not-found", "no such route")
@@ -173,14 +183,34 @@ async fn get_blob(
 ) -> Result<Response> {
     let digest = parse_digest(&digest)?;
     let record = app.store.blob(&digest).await?;
+    serve_blob(
+        &app.store,
+        &record,
+        &method,
+        &headers,
+        "application/octet-stream",
+    )
+    .await
+}
+
+/// Answers a read of stored bytes: conditional requests, `Range`, `HEAD`.
+/// Blob downloads and package file downloads both come here.
+pub(crate) async fn serve_blob(
+    store: &Store,
+    record: &BlobRecord,
+    method: &Method,
+    headers: &HeaderMap,
+    content_type: &str,
+) -> Result<Response> {
     let size = record.blob.size;
     let etag = format!("\"{}\"", record.blob.sha256_digest());
     let mut out = HeaderMap::new();
-    blob_headers(&mut out, &record);
+    blob_headers(&mut out, record);
     out.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     out.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
+        HeaderValue::from_str(content_type)
+            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
     );
     // Content-addressed: the bytes at this URL can never change.
     out.insert(
@@ -223,7 +253,7 @@ async fn get_blob(
     if method == Method::HEAD {
         return Ok((status, out).into_response());
     }
-    let stream = app.store.read_blob(&record, range).await?;
+    let stream = store.read_blob(record, range).await?;
     Ok((status, out, Body::from_stream(stream)).into_response())
 }
 

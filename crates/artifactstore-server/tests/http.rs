@@ -6,7 +6,7 @@ use std::sync::Arc;
 use artifactstore_client::reqwest::{self, StatusCode};
 use artifactstore_client::{Client, ClientError};
 use artifactstore_core::{BlobId, Digest};
-use artifactstore_store::{Limits, Store};
+use artifactstore_store::{Limits, Store, StoreOptions};
 use serde_json::Value;
 
 struct Server {
@@ -20,9 +20,16 @@ impl Server {
     async fn start(limits: Limits) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(
-            Store::open_embedded(dir.path(), None, limits)
-                .await
-                .unwrap(),
+            Store::open_embedded(
+                dir.path(),
+                None,
+                StoreOptions {
+                    limits,
+                    ..StoreOptions::default()
+                },
+            )
+            .await
+            .unwrap(),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());

@@ -8,12 +8,13 @@ use std::future::Future;
 use std::sync::Arc;
 
 use artifactstore_core::event::{ChainVerifier, EventData, EventDraft, GENESIS_PREV};
+use artifactstore_core::manifest::{FileEntry, Manifest};
 use artifactstore_core::{BlobId, Timestamp};
 use bytes::Bytes;
 use futures::StreamExt;
 
 use crate::blob::{BlobBackend, BlobError, ByteStream};
-use crate::meta::{MetadataStore, UploadSession};
+use crate::meta::{MetaError, MetadataStore, PackageFilter, UploadSession};
 
 async fn collect(mut s: ByteStream) -> Vec<u8> {
     let mut out = Vec::new();
@@ -212,6 +213,8 @@ where
     dropped_transaction_leaves_nothing(&*make().await).await;
     concurrent_appends_are_gapless_and_chained(make().await).await;
     paging(&*make().await).await;
+    package_views(&*make().await).await;
+    package_needs_its_own_manifest(&*make().await).await;
     sessions(&*make().await).await;
     make().await.ping().await.expect("ping");
 }
@@ -223,8 +226,8 @@ async fn empty_log(m: &dyn MetadataStore) {
 
 async fn append_updates_log_head_and_views(m: &dyn MetadataStore) {
     let mut tx = m.begin().await.expect("begin");
-    let e1 = tx.append(blob_stored(1)).await.expect("append 1");
-    let e2 = tx.append(blob_stored(2)).await.expect("append 2");
+    let e1 = tx.append(blob_stored(1), None).await.expect("append 1");
+    let e2 = tx.append(blob_stored(2), None).await.expect("append 2");
     // Reads inside the transaction see its own writes.
     let d2 = BlobId::of(&2u64.to_be_bytes());
     assert!(
@@ -253,7 +256,7 @@ async fn append_updates_log_head_and_views(m: &dyn MetadataStore) {
 async fn dropped_transaction_leaves_nothing(m: &dyn MetadataStore) {
     {
         let mut tx = m.begin().await.expect("begin");
-        tx.append(blob_stored(1)).await.expect("append");
+        tx.append(blob_stored(1), None).await.expect("append");
         // Dropped without commit.
     }
     assert_eq!(
@@ -268,7 +271,10 @@ async fn dropped_transaction_leaves_nothing(m: &dyn MetadataStore) {
             .is_none()
     );
     let mut tx = m.begin().await.expect("begin");
-    assert_eq!(tx.append(blob_stored(2)).await.expect("append").seq(), 1);
+    assert_eq!(
+        tx.append(blob_stored(2), None).await.expect("append").seq(),
+        1
+    );
     tx.commit().await.expect("commit");
 }
 
@@ -281,7 +287,9 @@ async fn concurrent_appends_are_gapless_and_chained(m: Arc<dyn MetadataStore>) {
             tokio::spawn(async move {
                 for i in 0..EACH {
                     let mut tx = m.begin().await.expect("begin");
-                    tx.append(blob_stored(w * 1000 + i)).await.expect("append");
+                    tx.append(blob_stored(w * 1000 + i), None)
+                        .await
+                        .expect("append");
                     tx.commit().await.expect("commit");
                 }
             })
@@ -303,12 +311,162 @@ async fn concurrent_appends_are_gapless_and_chained(m: Arc<dyn MetadataStore>) {
 async fn paging(m: &dyn MetadataStore) {
     let mut tx = m.begin().await.expect("begin");
     for n in 1..=7 {
-        tx.append(blob_stored(n)).await.expect("append");
+        tx.append(blob_stored(n), None).await.expect("append");
     }
     tx.commit().await.expect("commit");
     let page = m.events_after(2, 3).await.expect("page");
     assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4, 5]);
     assert!(m.events_after(7, 3).await.expect("end").is_empty());
+}
+
+fn sample_manifest(name: &str) -> Manifest {
+    let files = ["a/one.txt", "b.xml"]
+        .iter()
+        .map(|p| FileEntry {
+            path: (*p).into(),
+            blob: BlobId::of(p.as_bytes()),
+            media_type: p.ends_with(".xml").then(|| "application/xml".into()),
+        })
+        .collect();
+    Manifest::new(name.into(), files, Default::default()).expect("manifest")
+}
+
+fn package_events(
+    id: &str,
+    m: &Manifest,
+    class: &str,
+    expires: Option<Timestamp>,
+) -> [EventDraft; 2] {
+    let base = id
+        .bytes()
+        .fold(0u8, |a, b| a.wrapping_mul(31).wrapping_add(b))
+        & 0x7f;
+    let digest = BlobId::of(&m.to_canonical_bytes());
+    let at = Timestamp::from_unix_micros(1_800_000_000_000_000).expect("ts");
+    let draft = |n: u8, data| EventDraft {
+        id: format!("01936f2e-0000-7000-8000-00000000{base:02x}{n:02x}"),
+        subject: id.into(),
+        actor: "ci".into(),
+        at,
+        data,
+    };
+    [
+        draft(
+            1,
+            EventData::PackageCreated {
+                name: m.name().into(),
+                manifest_sha256: digest.sha256,
+                manifest_blake3: digest.blake3,
+                file_count: m.files().len() as u64,
+                total_size: m.total_size(),
+                retention_class: class.into(),
+            },
+        ),
+        draft(
+            2,
+            EventData::RetentionDefaultApplied {
+                class: class.into(),
+                expires_at: expires,
+            },
+        ),
+    ]
+}
+
+async fn package_views(m: &dyn MetadataStore) {
+    let manifest = sample_manifest("team/app");
+    let expires = Timestamp::from_unix_micros(1_900_000_000_000_000).expect("ts");
+    let mut tx = m.begin().await.expect("begin");
+    for (id, class, exp) in [
+        ("pkg-1", "scratch", Some(expires)),
+        ("pkg-2", "forever", None),
+    ] {
+        let [created, default] = package_events(id, &manifest, class, exp);
+        tx.append(created, Some(&manifest)).await.expect("created");
+        tx.append(default, None).await.expect("default");
+    }
+    tx.commit().await.expect("commit");
+
+    let p = m.package("pkg-1").await.expect("package").expect("row");
+    assert_eq!(
+        (p.name.as_str(), p.file_count, p.total_size),
+        ("team/app", 2, manifest.total_size())
+    );
+    assert_eq!((p.created_seq, p.created_by.as_str()), (1, "ci"));
+    assert_eq!(p.retention.current_expires_at, Some(expires));
+    assert_eq!(
+        (p.retention.active_holds, p.retention.eligible_for_deletion),
+        (0, false)
+    );
+    let p2 = m.package("pkg-2").await.expect("package").expect("row");
+    assert_eq!(p2.retention.current_expires_at, None);
+    assert!(m.package("pkg-3").await.expect("package").is_none());
+
+    let f = m
+        .package_file("pkg-1", "b.xml")
+        .await
+        .expect("file")
+        .expect("row");
+    assert_eq!(
+        (f.blob, f.media_type.as_deref()),
+        (BlobId::of(b"b.xml"), Some("application/xml"))
+    );
+    assert!(m.package_file("pkg-1", "a").await.expect("file").is_none());
+
+    let all = m
+        .packages(&PackageFilter::default(), 0, 10)
+        .await
+        .expect("list");
+    assert_eq!(
+        all.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+        ["pkg-1", "pkg-2"]
+    );
+    let after_first = m
+        .packages(&PackageFilter::default(), all[0].created_seq, 10)
+        .await
+        .expect("list");
+    assert_eq!(after_first.len(), 1);
+    let scratch = PackageFilter {
+        retention_class: Some("scratch".into()),
+        ..Default::default()
+    };
+    assert_eq!(m.packages(&scratch, 0, 10).await.expect("list").len(), 1);
+    let other_name = PackageFilter {
+        name: Some("team/other".into()),
+        ..Default::default()
+    };
+    assert!(
+        m.packages(&other_name, 0, 10)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    let eligible = PackageFilter {
+        eligible: Some(true),
+        ..Default::default()
+    };
+    assert!(m.packages(&eligible, 0, 10).await.expect("list").is_empty());
+    assert_eq!(
+        m.packages(&PackageFilter::default(), 0, 1)
+            .await
+            .expect("list")
+            .len(),
+        1,
+        "limit"
+    );
+}
+
+/// The views of a package come from the manifest its event names, so
+/// applying it without that manifest, or with another, must fail.
+async fn package_needs_its_own_manifest(m: &dyn MetadataStore) {
+    let manifest = sample_manifest("team/app");
+    let other = sample_manifest("team/other");
+    for given in [None, Some(&other)] {
+        let mut tx = m.begin().await.expect("begin");
+        let [created, _] = package_events("pkg-x", &manifest, "scratch", None);
+        let err = tx.append(created, given).await.expect_err("must refuse");
+        assert!(matches!(err, MetaError::Corrupt(_)), "{err:?}");
+    }
+    assert_eq!(m.head().await.expect("head").0, 0, "nothing was appended");
 }
 
 async fn sessions(m: &dyn MetadataStore) {

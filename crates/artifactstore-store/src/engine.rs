@@ -1,4 +1,4 @@
-//! The engine: the one place where data-plane rules live.
+//! The engine: the one place where the store's rules live.
 //!
 //! Ingest is a single streaming pass: each chunk goes to the backend's
 //! staging writer and to the two hasher threads at once; nothing holds the
@@ -6,13 +6,16 @@
 //! against what the client declared, its bytes are durable and committed,
 //! and its `v1.blob.stored` event and `blobs` row are committed together.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use artifactstore_core::Digest;
 use artifactstore_core::event::{EventData, EventDraft};
+use artifactstore_core::manifest::Manifest;
+use artifactstore_core::retention::{ClassRule, shipped_classes};
+use artifactstore_core::{BlobId, Digest};
+use bytes::Bytes;
 use futures::StreamExt;
 
 use crate::blob::fs::FsBlobStore;
@@ -21,7 +24,10 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::{Result, StoreError};
 use crate::hashing::HashState;
 use crate::meta::sqlite::SqliteMetadata;
-use crate::meta::{BlobRecord, MetaError, MetadataStore, StoredEvent, UploadSession};
+use crate::meta::{
+    BlobRecord, MetaError, MetadataStore, PackageFile, PackageFilter, PackageRecord, StoredEvent,
+    UploadSession,
+};
 
 /// Operator limits the engine enforces.
 #[derive(Debug, Clone, Copy)]
@@ -36,6 +42,35 @@ impl Default for Limits {
             max_blob_size: 64 << 30,
         }
     }
+}
+
+/// How a store behaves: limits, retention classes, and the clock it reads.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub limits: Limits,
+    /// The retention classes packages may use, by name.
+    pub classes: BTreeMap<String, ClassRule>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            limits: Limits::default(),
+            classes: shipped_classes(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// The largest page a listing returns.
+pub const MAX_PAGE: u32 = 1000;
+
+/// One page of a listing and the cursor of the next, if there may be one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<u64>,
 }
 
 /// The result of storing a blob.
@@ -57,6 +92,7 @@ pub struct Store {
     blobs: Arc<dyn BlobBackend>,
     clock: Arc<dyn Clock>,
     limits: Limits,
+    classes: BTreeMap<String, ClassRule>,
     sessions: Mutex<HashMap<String, SessionSlot>>,
 }
 
@@ -64,14 +100,14 @@ impl Store {
     pub fn new(
         meta: Arc<dyn MetadataStore>,
         blobs: Arc<dyn BlobBackend>,
-        clock: Arc<dyn Clock>,
-        limits: Limits,
+        options: StoreOptions,
     ) -> Store {
         Store {
             meta,
             blobs,
-            clock,
-            limits,
+            clock: options.clock,
+            limits: options.limits,
+            classes: options.classes,
             sessions: Mutex::new(HashMap::new()),
         }
     }
@@ -82,19 +118,19 @@ impl Store {
     pub async fn open_embedded(
         data_dir: &Path,
         metadata_url: Option<&str>,
-        limits: Limits,
+        options: StoreOptions,
     ) -> Result<Store> {
         let blobs = FsBlobStore::open(data_dir).await?;
         let meta = match metadata_url {
             Some(url) => SqliteMetadata::open(url).await?,
             None => SqliteMetadata::open_path(&data_dir.join("meta.sqlite")).await?,
         };
-        Ok(Store::new(
-            Arc::new(meta),
-            Arc::new(blobs),
-            Arc::new(SystemClock),
-            limits,
-        ))
+        Ok(Store::new(Arc::new(meta), Arc::new(blobs), options))
+    }
+
+    /// The configured retention classes.
+    pub fn classes(&self) -> &BTreeMap<String, ClassRule> {
+        &self.classes
     }
 
     fn new_id(&self) -> String {
@@ -230,6 +266,142 @@ impl Store {
         }
         self.blobs.staging_delete(id).await?;
         Ok(())
+    }
+
+    /// Creates a package from a validated manifest. Every file's blob must
+    /// be stored already, with the digests and size the manifest gives. The
+    /// manifest's canonical bytes are stored as a blob; `v1.package.created`
+    /// and `v1.retention.default_applied` (its `expires_at` fixed from the
+    /// class now) commit together with their views. The reference check is
+    /// repeated inside that transaction, so a blob cannot disappear between
+    /// the check and the commit.
+    pub async fn create_package(
+        &self,
+        manifest: &Manifest,
+        class: &str,
+        actor: &str,
+    ) -> Result<PackageRecord> {
+        let rule = *self
+            .classes
+            .get(class)
+            .ok_or_else(|| StoreError::UnknownClass {
+                class: class.to_owned(),
+                known: self.classes.keys().cloned().collect(),
+            })?;
+        let refs = References::of(manifest);
+        let mut found = Vec::with_capacity(refs.wanted.len());
+        for d in refs.digests() {
+            found.push(self.meta.blob(&d).await?);
+        }
+        refs.verdict(&found)?;
+
+        let bytes = manifest.to_canonical_bytes();
+        let manifest_id = BlobId::of(&bytes);
+        let body = futures::stream::once(async move { Ok(Bytes::from(bytes)) }).boxed();
+        self.put_blob(
+            &[manifest_id.sha256_digest()],
+            Some(manifest_id.size),
+            body,
+            actor,
+        )
+        .await?;
+
+        let mut tx = self.meta.begin().await?;
+        let refs = References::of(manifest);
+        let mut found = Vec::with_capacity(refs.wanted.len());
+        for d in refs.digests() {
+            found.push(tx.blob(&d).await?);
+        }
+        refs.verdict(&found)?;
+        let id = self.new_id();
+        let created = self.draft(
+            &id,
+            actor,
+            EventData::PackageCreated {
+                name: manifest.name().to_owned(),
+                manifest_sha256: manifest_id.sha256,
+                manifest_blake3: manifest_id.blake3,
+                file_count: manifest.files().len() as u64,
+                total_size: manifest.total_size(),
+                retention_class: class.to_owned(),
+            },
+        );
+        let expires_at = rule
+            .expiry(created.at)
+            .map_err(|_| StoreError::ExpiryOutOfRange)?;
+        let default = EventDraft {
+            data: EventData::RetentionDefaultApplied {
+                class: class.to_owned(),
+                expires_at,
+            },
+            id: self.new_id(),
+            ..created.clone()
+        };
+        tx.append(created, Some(manifest)).await?;
+        tx.append(default, None).await?;
+        tx.commit().await?;
+        self.package(&id).await
+    }
+
+    pub async fn package(&self, id: &str) -> Result<PackageRecord> {
+        self.meta
+            .package(id)
+            .await?
+            .ok_or_else(|| StoreError::PackageNotFound(id.to_owned()))
+    }
+
+    /// A page of packages in creation order, after the cursor `after`.
+    pub async fn packages(
+        &self,
+        filter: &PackageFilter,
+        after: u64,
+        limit: u32,
+    ) -> Result<Page<PackageRecord>> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let items = self.meta.packages(filter, after, limit).await?;
+        let next = (items.len() == limit as usize)
+            .then(|| items.last().map(|p| p.created_seq))
+            .flatten();
+        Ok(Page { items, next })
+    }
+
+    /// A package's manifest as its canonical bytes, re-verified against the
+    /// package's digests as it is read.
+    pub async fn manifest_bytes(&self, id: &str) -> Result<(PackageRecord, Vec<u8>)> {
+        let package = self.package(id).await?;
+        let record = self.blob(&Digest::sha256(package.manifest_sha256)).await?;
+        let mut stream = self.read_blob(&record, None).await?;
+        let mut bytes = Vec::with_capacity(record.blob.size as usize);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|source| crate::blob::BlobError::Io {
+                context: format!("reading manifest of {id}"),
+                source,
+            })?;
+            bytes.extend_from_slice(&chunk);
+        }
+        let read = BlobId::of(&bytes);
+        if read.sha256 != package.manifest_sha256 || read.blake3 != package.manifest_blake3 {
+            return Err(StoreError::Meta(MetaError::Corrupt(format!(
+                "the stored manifest of package {id} does not match its digests"
+            ))));
+        }
+        Ok((package, bytes))
+    }
+
+    /// A file of a package and the blob holding its bytes.
+    pub async fn package_file(&self, id: &str, path: &str) -> Result<(PackageFile, BlobRecord)> {
+        let file = match self.meta.package_file(id, path).await? {
+            Some(f) => f,
+            None => {
+                self.package(id).await?;
+                return Err(StoreError::FileNotFound {
+                    package: id.to_owned(),
+                    path: path.to_owned(),
+                });
+            }
+        };
+        let blob = self.blob(&file.blob.sha256_digest()).await?;
+        Ok((file, blob))
     }
 
     /// Looks a blob up by either digest.
@@ -437,14 +609,17 @@ impl Store {
             });
         }
         let event = tx
-            .append(self.draft(
-                &blob.sha256_digest().to_string(),
-                actor,
-                EventData::BlobStored {
-                    blob,
-                    location: location.clone(),
-                },
-            ))
+            .append(
+                self.draft(
+                    &blob.sha256_digest().to_string(),
+                    actor,
+                    EventData::BlobStored {
+                        blob,
+                        location: location.clone(),
+                    },
+                ),
+                None,
+            )
             .await?;
         tx.commit().await?;
         Ok(StoredBlob {
@@ -481,4 +656,62 @@ fn hasher_failed(_: crate::hashing::HasherGone) -> StoreError {
         context: "hashing".into(),
         source: std::io::Error::other("hasher thread unavailable"),
     })
+}
+
+/// What a manifest needs from the blob store: each distinct blob once.
+/// The lookups happen at the call site (the read pool for an early answer,
+/// the open transaction for the decisive one); [`References::verdict`]
+/// judges what they found.
+#[derive(Debug)]
+struct References<'a> {
+    wanted: Vec<(BlobId, &'a str)>,
+    /// Paths whose entry disagrees with an earlier entry for the same SHA-256.
+    inconsistent: Vec<String>,
+}
+
+impl<'a> References<'a> {
+    fn of(manifest: &'a Manifest) -> References<'a> {
+        let mut first: BTreeMap<[u8; 32], BlobId> = BTreeMap::new();
+        let mut wanted = Vec::new();
+        let mut inconsistent = Vec::new();
+        for f in manifest.files() {
+            match first.get(&f.blob.sha256) {
+                Some(b) if *b != f.blob => inconsistent.push(f.path.clone()),
+                Some(_) => {}
+                None => {
+                    first.insert(f.blob.sha256, f.blob);
+                    wanted.push((f.blob, f.path.as_str()));
+                }
+            }
+        }
+        References {
+            wanted,
+            inconsistent,
+        }
+    }
+
+    fn digests(&self) -> impl Iterator<Item = Digest> + '_ {
+        self.wanted.iter().map(|(b, _)| b.sha256_digest())
+    }
+
+    /// `found[i]` is what the lookup of the i-th digest returned.
+    fn verdict(self, found: &[Option<BlobRecord>]) -> Result<()> {
+        let mut missing = Vec::new();
+        let mut mismatched = self.inconsistent;
+        for ((blob, path), record) in self.wanted.iter().zip(found) {
+            match record {
+                None => missing.push(blob.sha256_digest()),
+                Some(r) if r.blob != *blob => mismatched.push((*path).to_owned()),
+                Some(_) => {}
+            }
+        }
+        if !missing.is_empty() {
+            return Err(StoreError::MissingBlobs(missing));
+        }
+        if !mismatched.is_empty() {
+            mismatched.sort();
+            return Err(StoreError::ManifestBlobMismatch(mismatched));
+        }
+        Ok(())
+    }
 }

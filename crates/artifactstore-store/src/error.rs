@@ -15,6 +15,8 @@ pub enum ErrorClass {
     Conflict,
     /// The body is larger than the configured limit (413).
     TooLarge,
+    /// Well-formed, but refers to things that do not exist or do not fit (422).
+    Unprocessable,
     /// The requested range lies outside the blob (416).
     RangeNotSatisfiable,
     /// Not the client's fault; details are logged, not shown (500).
@@ -39,6 +41,20 @@ pub enum StoreError {
     BlobNotFound(Digest),
     #[error("range starts at {start}, beyond the blob's {size} bytes")]
     RangeNotSatisfiable { start: u64, size: u64 },
+    #[error("invalid manifest: {0}")]
+    InvalidManifest(#[from] artifactstore_core::manifest::ManifestError),
+    #[error("unknown retention class {class:?} (configured: {})", known.join(", "))]
+    UnknownClass { class: String, known: Vec<String> },
+    #[error("{} referenced blob(s) are not stored; upload them first", .0.len())]
+    MissingBlobs(Vec<Digest>),
+    #[error("the manifest's digests or sizes disagree with the stored blobs for: {}", .0.join(", "))]
+    ManifestBlobMismatch(Vec<String>),
+    #[error("the class's default period puts expiry beyond year 9999")]
+    ExpiryOutOfRange,
+    #[error("no package {0}")]
+    PackageNotFound(String),
+    #[error("package {package} has no file {path:?}")]
+    FileNotFound { package: String, path: String },
     #[error("reading the request body failed: {0}")]
     BodyRead(std::io::Error),
     #[error("blob backend: {0}")]
@@ -59,6 +75,13 @@ impl StoreError {
             StoreError::BlobNotFound(_) => "blob-not-found",
             StoreError::RangeNotSatisfiable { .. } => "range-not-satisfiable",
             StoreError::BodyRead(_) => "body-read-failed",
+            StoreError::InvalidManifest(e) => e.code(),
+            StoreError::UnknownClass { .. } => "unknown-retention-class",
+            StoreError::MissingBlobs(_) => "missing-blobs",
+            StoreError::ManifestBlobMismatch(_) => "manifest-blob-mismatch",
+            StoreError::ExpiryOutOfRange => "expiry-out-of-range",
+            StoreError::PackageNotFound(_) => "package-not-found",
+            StoreError::FileNotFound { .. } => "file-not-found",
             StoreError::Blob(_) | StoreError::Meta(_) => "internal",
         }
     }
@@ -67,8 +90,16 @@ impl StoreError {
         match self {
             StoreError::DigestMismatch { .. }
             | StoreError::DigestRequired
-            | StoreError::BodyRead(_) => ErrorClass::Invalid,
-            StoreError::UploadNotFound(_) | StoreError::BlobNotFound(_) => ErrorClass::NotFound,
+            | StoreError::BodyRead(_)
+            | StoreError::InvalidManifest(_) => ErrorClass::Invalid,
+            StoreError::UnknownClass { .. }
+            | StoreError::MissingBlobs(_)
+            | StoreError::ManifestBlobMismatch(_)
+            | StoreError::ExpiryOutOfRange => ErrorClass::Unprocessable,
+            StoreError::UploadNotFound(_)
+            | StoreError::BlobNotFound(_)
+            | StoreError::PackageNotFound(_)
+            | StoreError::FileNotFound { .. } => ErrorClass::NotFound,
             StoreError::OffsetMismatch { .. } => ErrorClass::Conflict,
             StoreError::TooLarge { .. } => ErrorClass::TooLarge,
             StoreError::RangeNotSatisfiable { .. } => ErrorClass::RangeNotSatisfiable,

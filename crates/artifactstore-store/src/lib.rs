@@ -12,5 +12,5 @@ pub mod error;
 pub mod hashing;
 pub mod meta;
 
-pub use engine::{Limits, Store, StoredBlob};
+pub use engine::{Limits, MAX_PAGE, Page, Store, StoreOptions, StoredBlob};
 pub use error::{ErrorClass, StoreError};

@@ -9,7 +9,7 @@ use artifactstore_core::event::{ChainVerifier, Event, EventData};
 use artifactstore_core::{BlobId, Digest};
 use artifactstore_store::blob::ByteStream;
 use artifactstore_store::conformance::pattern;
-use artifactstore_store::{Limits, Store, StoreError};
+use artifactstore_store::{Limits, Store, StoreError, StoreOptions};
 use bytes::Bytes;
 use futures::StreamExt;
 
@@ -28,9 +28,16 @@ impl Pair {
         self.open_with(Limits::default()).await
     }
     async fn open_with(&self, limits: Limits) -> Store {
-        Store::open_embedded(&self.root, None, limits)
-            .await
-            .unwrap()
+        Store::open_embedded(
+            &self.root,
+            None,
+            StoreOptions {
+                limits,
+                ..StoreOptions::default()
+            },
+        )
+        .await
+        .unwrap()
     }
     fn staging_files(&self) -> usize {
         std::fs::read_dir(self.root.join("staging"))

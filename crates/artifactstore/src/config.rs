@@ -2,10 +2,12 @@
 //! OPERATOR.md). Unknown keys are errors; command-line flags override the
 //! file; the file overrides the defaults.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use artifactstore_core::retention::{ClassRule, shipped_classes};
 use artifactstore_store::Limits;
 use serde::Deserialize;
 
@@ -23,6 +25,23 @@ struct FileConfig {
     blobs: BlobsSection,
     #[serde(default)]
     limits: LimitsSection,
+    #[serde(default)]
+    retention: RetentionSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionSection {
+    /// When present, replaces the shipped classes entirely.
+    classes: Option<BTreeMap<String, ClassSection>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClassSection {
+    default: Option<String>,
+    #[serde(default)]
+    permanent: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -99,6 +118,7 @@ pub(crate) struct Settings {
     /// `None`: `<data_dir>/meta.sqlite`.
     pub(crate) metadata_url: Option<String>,
     pub(crate) limits: Limits,
+    pub(crate) classes: BTreeMap<String, ClassRule>,
 }
 
 impl Settings {
@@ -130,7 +150,22 @@ impl Settings {
         if let Some(ByteSize(n)) = file.limits.max_blob_size {
             limits.max_blob_size = n;
         }
+        let classes = match file.retention.classes {
+            None => shipped_classes(),
+            Some(defined) => defined
+                .into_iter()
+                .map(|(name, c)| {
+                    let rule = ClassRule::from_config(c.default.as_deref(), c.permanent)
+                        .with_context(|| format!("retention class {name:?}"))?;
+                    Ok((name, rule))
+                })
+                .collect::<anyhow::Result<_>>()?,
+        };
+        if classes.is_empty() {
+            bail!("[retention.classes] defines no class; remove it to use the shipped ones");
+        }
         Ok(Settings {
+            classes,
             listen,
             data_dir: o
                 .data_dir
@@ -188,6 +223,20 @@ mod tests {
         assert_eq!(s.data_dir, PathBuf::from("./artifactstore-data"));
         assert_eq!(s.metadata_url, None);
         assert_eq!(s.limits.max_blob_size, 64 << 30);
+        assert_eq!(s.classes, shipped_classes());
+    }
+
+    #[test]
+    fn defined_classes_replace_the_shipped_set() {
+        let text = "[retention.classes.ci-scratch]\ndefault = \"2s\"\n[retention.classes.forever]\npermanent = true\n";
+        let s = load(text, Overrides::default()).unwrap();
+        assert_eq!(
+            s.classes,
+            BTreeMap::from([
+                ("ci-scratch".to_owned(), ClassRule::Period { seconds: 2 }),
+                ("forever".to_owned(), ClassRule::Permanent),
+            ])
+        );
     }
 
     #[test]
@@ -223,6 +272,18 @@ mod tests {
             ("[blobs]\nbackend = \"tape\"\n", "not available"),
             ("[metadata]\nurl = \"mysql://x\"\n", "not supported"),
             ("listen = [", "line 1"),
+            (
+                "[retention.classes.x]\ndefault = \"soon\"\n",
+                "retention class \"x\": invalid duration",
+            ),
+            (
+                "[retention.classes.x]\ndefault = \"1d\"\npermanent = true\n",
+                "not both",
+            ),
+            (
+                "[retention.classes.x]\nkeep = \"1d\"\n",
+                "unknown field `keep`",
+            ),
         ] {
             let err = format!("{:#}", load(text, Overrides::default()).unwrap_err());
             assert!(err.contains(needle), "{text:?}: {err}");

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use artifactstore_store::Store;
+use artifactstore_store::{Store, StoreOptions};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Overrides, Settings};
@@ -100,10 +100,15 @@ fn check_listen(addr: &SocketAddr) -> anyhow::Result<()> {
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     check_listen(&settings.listen)?;
+    let options = StoreOptions {
+        limits: settings.limits,
+        classes: settings.classes.clone(),
+        ..StoreOptions::default()
+    };
     let store = Store::open_embedded(
         &settings.data_dir,
         settings.metadata_url.as_deref(),
-        settings.limits,
+        options,
     )
     .await
     .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?;

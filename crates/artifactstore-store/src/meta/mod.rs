@@ -9,6 +9,7 @@
 pub mod sqlite;
 
 use artifactstore_core::event::{Event, EventDraft, Hash};
+use artifactstore_core::manifest::Manifest;
 use artifactstore_core::{BlobId, Digest, Timestamp};
 use async_trait::async_trait;
 
@@ -46,6 +47,49 @@ pub struct StoredEvent {
     pub hash: Hash,
 }
 
+/// A row of the `retention_state` view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionState {
+    pub class: String,
+    /// `None` for a permanent class.
+    pub current_expires_at: Option<Timestamp>,
+    pub active_holds: u64,
+    pub eligible_for_deletion: bool,
+    pub last_eligibility_seq: Option<u64>,
+}
+
+/// A row of the `packages` view with its retention state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackageRecord {
+    pub id: String,
+    pub name: String,
+    pub manifest_sha256: Hash,
+    pub manifest_blake3: Hash,
+    pub file_count: u64,
+    pub total_size: u64,
+    pub retention_class: String,
+    pub created_seq: u64,
+    pub created_at: Timestamp,
+    pub created_by: String,
+    pub retention: RetentionState,
+}
+
+/// A row of the `package_files` view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackageFile {
+    pub path: String,
+    pub blob: BlobId,
+    pub media_type: Option<String>,
+}
+
+/// Filters of a package listing; `None` means any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PackageFilter {
+    pub name: Option<String>,
+    pub retention_class: Option<String>,
+    pub eligible: Option<bool>,
+}
+
 /// An upload session: transient data-plane state, not an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadSession {
@@ -67,6 +111,22 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug + 'static {
     /// The seq and hash of the last event (0 and zeros for an empty log).
     async fn head(&self) -> Result<(u64, Hash), MetaError>;
 
+    async fn package(&self, id: &str) -> Result<Option<PackageRecord>, MetaError>;
+    /// Up to `limit` packages created after `after_seq`, in creation order.
+    /// Keyset paging on `created_seq`: pages stay correct while packages are
+    /// being added, since new ones always sort last.
+    async fn packages(
+        &self,
+        filter: &PackageFilter,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<PackageRecord>, MetaError>;
+    async fn package_file(
+        &self,
+        package_id: &str,
+        path: &str,
+    ) -> Result<Option<PackageFile>, MetaError>;
+
     async fn session_insert(&self, session: &UploadSession) -> Result<(), MetaError>;
     async fn session_get(&self, id: &str) -> Result<Option<UploadSession>, MetaError>;
     /// Deletes a session; returns whether it existed.
@@ -79,8 +139,14 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug + 'static {
 #[async_trait]
 pub trait MetaTx: Send {
     async fn blob(&mut self, digest: &Digest) -> Result<Option<BlobRecord>, MetaError>;
-    /// Appends an event and applies it to the views.
-    async fn append(&mut self, draft: EventDraft) -> Result<Event, MetaError>;
+    /// Appends an event and applies it to the views. `manifest` is the
+    /// manifest a `v1.package.created` names (its files fill
+    /// `package_files`); `None` for every other type.
+    async fn append(
+        &mut self,
+        draft: EventDraft,
+        manifest: Option<&Manifest>,
+    ) -> Result<Event, MetaError>;
     /// Deletes an upload session as part of this transaction.
     async fn session_delete(&mut self, id: &str) -> Result<(), MetaError>;
     async fn commit(self: Box<Self>) -> Result<(), MetaError>;

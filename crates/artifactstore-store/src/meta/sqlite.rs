@@ -10,6 +10,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use artifactstore_core::event::{Event, EventData, EventDraft, Hash};
+use artifactstore_core::manifest::Manifest;
 use artifactstore_core::{Algorithm, BlobId, Digest, Timestamp};
 use async_trait::async_trait;
 use sqlx::sqlite::{
@@ -17,13 +18,19 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
-use super::{BlobRecord, MetaError, MetaTx, MetadataStore, StoredEvent, UploadSession};
+use super::{
+    BlobRecord, MetaError, MetaTx, MetadataStore, PackageFile, PackageFilter, PackageRecord,
+    RetentionState, StoredEvent, UploadSession,
+};
 
 /// Embedded migrations, applied in order, each once, in one transaction.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    include_str!("../../migrations/sqlite/0001_log_and_blobs.sql"),
-)];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        include_str!("../../migrations/sqlite/0001_log_and_blobs.sql"),
+    ),
+    (2, include_str!("../../migrations/sqlite/0002_packages.sql")),
+];
 
 const READERS: u32 = 8;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -143,8 +150,54 @@ async fn find_blob(
     row.as_ref().map(blob_record).transpose()
 }
 
+fn opt_ts_col(row: &SqliteRow, col: &str) -> Result<Option<Timestamp>, MetaError> {
+    let v: Option<String> = row.try_get(col)?;
+    v.map(|v| {
+        v.parse()
+            .map_err(|_| MetaError::Corrupt(format!("{col} is not a timestamp: {v}")))
+    })
+    .transpose()
+}
+
+const PACKAGE_SELECT: &str = "SELECT p.*, r.class AS r_class, r.current_expires_at, r.active_holds, \
+     r.eligible_for_deletion, r.last_eligibility_seq \
+     FROM packages p JOIN retention_state r ON r.package_id = p.id";
+
+fn package_record(row: &SqliteRow) -> Result<PackageRecord, MetaError> {
+    let last: Option<i64> = row.try_get("last_eligibility_seq")?;
+    Ok(PackageRecord {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        manifest_sha256: hash_col(row, "manifest_sha256")?,
+        manifest_blake3: hash_col(row, "manifest_blake3")?,
+        file_count: u64_col(row, "file_count")?,
+        total_size: u64_col(row, "total_size")?,
+        retention_class: row.try_get("retention_class")?,
+        created_seq: u64_col(row, "created_seq")?,
+        created_at: ts_col(row, "created_at")?,
+        created_by: row.try_get("created_by")?,
+        retention: RetentionState {
+            class: row.try_get("r_class")?,
+            current_expires_at: opt_ts_col(row, "current_expires_at")?,
+            active_holds: u64_col(row, "active_holds")?,
+            eligible_for_deletion: row.try_get::<i64, _>("eligible_for_deletion")? != 0,
+            last_eligibility_seq: last.map(|n| n as u64),
+        },
+    })
+}
+
 /// Applies one event to the views. Appends and rebuilds both come here.
-async fn apply(conn: &mut SqliteConnection, event: &Event) -> Result<(), MetaError> {
+async fn apply(
+    conn: &mut SqliteConnection,
+    event: &Event,
+    manifest: Option<&Manifest>,
+) -> Result<(), MetaError> {
+    if manifest.is_some() && !matches!(event.data(), EventData::PackageCreated { .. }) {
+        return Err(MetaError::Corrupt(format!(
+            "a manifest was given with {}",
+            event.type_name()
+        )));
+    }
     match event.data() {
         EventData::BlobStored { blob, location } => {
             sqlx::query("INSERT INTO blobs (sha256, blake3, size, location, stored_seq, stored_at) VALUES (?, ?, ?, ?, ?, ?)")
@@ -160,6 +213,71 @@ async fn apply(conn: &mut SqliteConnection, event: &Event) -> Result<(), MetaErr
         EventData::BlobDeleted { blob } => {
             sqlx::query("DELETE FROM blobs WHERE sha256 = ?")
                 .bind(&blob.sha256[..])
+                .execute(&mut *conn)
+                .await?;
+        }
+        EventData::PackageCreated {
+            name,
+            manifest_sha256,
+            manifest_blake3,
+            file_count,
+            total_size,
+            retention_class,
+        } => {
+            let m = manifest.ok_or_else(|| {
+                MetaError::Corrupt(format!(
+                    "package {} applied without its manifest",
+                    event.subject()
+                ))
+            })?;
+            let id = BlobId::of(&m.to_canonical_bytes());
+            let consistent = id.sha256 == *manifest_sha256
+                && id.blake3 == *manifest_blake3
+                && m.name() == name
+                && m.files().len() as u64 == *file_count
+                && m.total_size() == *total_size;
+            if !consistent {
+                return Err(MetaError::Corrupt(format!(
+                    "package {}: the manifest does not match its event",
+                    event.subject()
+                )));
+            }
+            sqlx::query(
+                "INSERT INTO packages (id, name, manifest_sha256, manifest_blake3, file_count, total_size, \
+                 retention_class, created_seq, created_at, created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(event.subject())
+            .bind(name)
+            .bind(&manifest_sha256[..])
+            .bind(&manifest_blake3[..])
+            .bind(i64_of(*file_count)?)
+            .bind(i64_of(*total_size)?)
+            .bind(retention_class)
+            .bind(i64_of(event.seq())?)
+            .bind(event.at().to_string())
+            .bind(event.actor())
+            .execute(&mut *conn)
+            .await?;
+            for f in m.files() {
+                sqlx::query(
+                    "INSERT INTO package_files (package_id, path, sha256, blake3, size, media_type) \
+                     VALUES (?, ?, ?, ?, ?, ?)",
+                )
+                .bind(event.subject())
+                .bind(&f.path)
+                .bind(&f.blob.sha256[..])
+                .bind(&f.blob.blake3[..])
+                .bind(i64_of(f.blob.size)?)
+                .bind(f.media_type.as_deref())
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
+        EventData::RetentionDefaultApplied { class, expires_at } => {
+            sqlx::query("INSERT INTO retention_state (package_id, class, current_expires_at) VALUES (?, ?, ?)")
+                .bind(event.subject())
+                .bind(class)
+                .bind(expires_at.map(|t| t.to_string()))
                 .execute(&mut *conn)
                 .await?;
         }
@@ -214,6 +332,64 @@ impl MetadataStore for SqliteMetadata {
         Ok((u64_col(&row, "seq")?, hash_col(&row, "hash")?))
     }
 
+    async fn package(&self, id: &str) -> Result<Option<PackageRecord>, MetaError> {
+        let sql = sqlx::AssertSqlSafe(format!("{PACKAGE_SELECT} WHERE p.id = ?"));
+        let row = sqlx::query(sql)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(package_record).transpose()
+    }
+
+    async fn packages(
+        &self,
+        filter: &PackageFilter,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<PackageRecord>, MetaError> {
+        let mut q = sqlx::QueryBuilder::<Sqlite>::new(PACKAGE_SELECT);
+        q.push(" WHERE p.created_seq > ")
+            .push_bind(i64_of(after_seq)?);
+        if let Some(name) = &filter.name {
+            q.push(" AND p.name = ").push_bind(name.clone());
+        }
+        if let Some(class) = &filter.retention_class {
+            q.push(" AND p.retention_class = ").push_bind(class.clone());
+        }
+        if let Some(eligible) = filter.eligible {
+            q.push(" AND r.eligible_for_deletion = ")
+                .push_bind(i64::from(eligible));
+        }
+        q.push(" ORDER BY p.created_seq LIMIT ")
+            .push_bind(i64::from(limit));
+        let rows = q.build().fetch_all(&self.reader).await?;
+        rows.iter().map(package_record).collect()
+    }
+
+    async fn package_file(
+        &self,
+        package_id: &str,
+        path: &str,
+    ) -> Result<Option<PackageFile>, MetaError> {
+        let row = sqlx::query("SELECT * FROM package_files WHERE package_id = ? AND path = ?")
+            .bind(package_id)
+            .bind(path)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.map(|row| {
+            Ok(PackageFile {
+                path: row.try_get("path")?,
+                blob: BlobId {
+                    sha256: hash_col(&row, "sha256")?,
+                    blake3: hash_col(&row, "blake3")?,
+                    size: u64_col(&row, "size")?,
+                },
+                media_type: row.try_get("media_type")?,
+            })
+        })
+        .transpose()
+    }
+
     async fn session_insert(&self, s: &UploadSession) -> Result<(), MetaError> {
         sqlx::query("INSERT INTO upload_sessions (id, created_at, actor) VALUES (?, ?, ?)")
             .bind(&s.id)
@@ -264,7 +440,11 @@ impl MetaTx for SqliteTx {
         find_blob(&mut self.tx, digest).await
     }
 
-    async fn append(&mut self, draft: EventDraft) -> Result<Event, MetaError> {
+    async fn append(
+        &mut self,
+        draft: EventDraft,
+        manifest: Option<&Manifest>,
+    ) -> Result<Event, MetaError> {
         let head = sqlx::query("SELECT seq, hash FROM log_head WHERE id = 1")
             .fetch_one(&mut *self.tx)
             .await?;
@@ -285,7 +465,7 @@ impl MetaTx for SqliteTx {
             .bind(&event.hash()[..])
             .execute(&mut *self.tx)
             .await?;
-        apply(&mut self.tx, &event).await?;
+        apply(&mut self.tx, &event, manifest).await?;
         Ok(event)
     }
 

@@ -1,0 +1,258 @@
+//! The package routes of the control plane (DESIGN.md §5), and the package
+//! file download of the data plane.
+
+use artifactstore_core::cbor::{self, Value};
+use artifactstore_core::jcs;
+use artifactstore_core::manifest::Manifest;
+use artifactstore_store::meta::{PackageFilter, PackageRecord};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value as Json, json};
+
+use crate::problem::Problem;
+use crate::routes::{ANONYMOUS, AppState, Result, serve_blob};
+
+/// Control-plane bodies carry metadata only (DESIGN.md §1.4); a manifest of
+/// 100,000 files fits well within this.
+pub(crate) const MAX_CONTROL_BODY: usize = 64 << 20;
+const DEFAULT_PAGE: u32 = 100;
+
+pub(crate) const CBOR: &str = "application/cbor";
+
+/// Whether the client asked for canonical CBOR rather than JCS JSON.
+pub(crate) fn wants_cbor(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| {
+            accept.split(',').any(|range| {
+                range
+                    .split(';')
+                    .next()
+                    .is_some_and(|t| t.trim().eq_ignore_ascii_case(CBOR))
+            })
+        })
+}
+
+async fn read_body(req: Request) -> Result<(HeaderMap, Bytes)> {
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, MAX_CONTROL_BODY)
+        .await
+        .map_err(|_| {
+            Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                format!("control-plane bodies are limited to {MAX_CONTROL_BODY} bytes"),
+            )
+        })?;
+    Ok((parts.headers, bytes))
+}
+
+fn invalid(detail: impl Into<String>) -> Problem {
+    Problem::bad_request("invalid-request", detail)
+}
+
+/// `POST /packages`: `{manifest, retention_class}` as JSON, or as canonical
+/// CBOR with `Content-Type: application/cbor`.
+pub(crate) async fn create(State(app): State<AppState>, req: Request) -> Result<Response> {
+    let (headers, body) = read_body(req).await?;
+    let is_cbor = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case(CBOR))
+        });
+    let request = if is_cbor {
+        cbor::decode(&body).map_err(|e| invalid(e.to_string()))?
+    } else {
+        let text = std::str::from_utf8(&body).map_err(|_| invalid("body is not UTF-8 JSON"))?;
+        jcs::parse_json(text).map_err(|e| invalid(e.to_string()))?
+    };
+    let fields = request
+        .as_map()
+        .ok_or_else(|| invalid("body must be an object"))?;
+    for (k, _) in fields.iter() {
+        if !matches!(k.as_text(), Some("manifest" | "retention_class")) {
+            return Err(invalid(format!("unknown field {k:?}")));
+        }
+    }
+    let class = fields
+        .get("retention_class")
+        .and_then(Value::as_text)
+        .ok_or_else(|| invalid("retention_class (text) is required"))?;
+    let manifest_value = fields
+        .get("manifest")
+        .ok_or_else(|| invalid("manifest is required"))?;
+    let manifest = if is_cbor {
+        Manifest::from_value(manifest_value)
+    } else {
+        Manifest::from_json_value(manifest_value)
+    }
+    .map_err(artifactstore_store::StoreError::from)?;
+    let package = app
+        .store
+        .create_package(&manifest, class, ANONYMOUS)
+        .await?;
+    let location = HeaderValue::from_str(&format!("/packages/{}", package.id)).map_err(|_| {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    })?;
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        axum::Json(package_json(&package)),
+    )
+        .into_response())
+}
+
+/// The JSON form of a package and its retention state.
+pub(crate) fn package_json(p: &PackageRecord) -> Json {
+    let r = &p.retention;
+    json!({
+        "id": p.id,
+        "name": p.name,
+        "manifest": {
+            "sha256": format!("sha256:{}", hex_of(&p.manifest_sha256)),
+            "blake3": format!("blake3:{}", hex_of(&p.manifest_blake3)),
+        },
+        "file_count": p.file_count,
+        "total_size": p.total_size,
+        "retention_class": p.retention_class,
+        "created_at": p.created_at.to_string(),
+        "created_seq": p.created_seq,
+        "created_by": p.created_by,
+        "retention": {
+            "class": r.class,
+            "current_expires_at": r.current_expires_at.map(|t| t.to_string()),
+            "active_holds": r.active_holds,
+            "eligible_for_deletion": r.eligible_for_deletion,
+            "last_eligibility_seq": r.last_eligibility_seq,
+        },
+    })
+}
+
+fn hex_of(h: &[u8; 32]) -> String {
+    artifactstore_core::Digest::sha256(*h).hex()
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    name: Option<String>,
+    retention_class: Option<String>,
+    eligible: Option<bool>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /packages`: a page in creation order; `next_cursor` continues it.
+pub(crate) async fn list(
+    State(app): State<AppState>,
+    query: std::result::Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response> {
+    let Query(q) = query.map_err(|e| invalid(e.body_text()))?;
+    let after = match q.cursor.as_deref() {
+        None | Some("") => 0,
+        Some(c) => c.parse().map_err(|_| {
+            Problem::bad_request(
+                "invalid-cursor",
+                format!("cursor {c:?} was not issued by this server"),
+            )
+        })?,
+    };
+    let filter = PackageFilter {
+        name: q.name,
+        retention_class: q.retention_class,
+        eligible: q.eligible,
+    };
+    let page = app
+        .store
+        .packages(&filter, after, q.limit.unwrap_or(DEFAULT_PAGE))
+        .await?;
+    let items: Vec<Json> = page.items.iter().map(package_json).collect();
+    Ok(
+        axum::Json(json!({"items": items, "next_cursor": page.next.map(|n| n.to_string())}))
+            .into_response(),
+    )
+}
+
+pub(crate) async fn show(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response> {
+    let package = app.store.package(&id).await?;
+    Ok(axum::Json(package_json(&package)).into_response())
+}
+
+/// `GET /packages/<id>/manifest`: JCS by default; the canonical bytes (whose
+/// digests are the package's) with `Accept: application/cbor`.
+pub(crate) async fn manifest(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let (package, bytes) = app.store.manifest_bytes(&id).await?;
+    let digests = [
+        (
+            "artifactstore-sha256",
+            format!("sha256:{}", hex_of(&package.manifest_sha256)),
+        ),
+        (
+            "artifactstore-blake3",
+            format!("blake3:{}", hex_of(&package.manifest_blake3)),
+        ),
+    ];
+    if wants_cbor(&headers) {
+        return Ok((
+            [(header::CONTENT_TYPE, CBOR.to_owned())],
+            digests_headers(&digests),
+            Body::from(bytes),
+        )
+            .into_response());
+    }
+    let manifest = Manifest::decode(&bytes).map_err(artifactstore_store::StoreError::from)?;
+    let text = jcs::to_jcs(&manifest.to_value()).map_err(|e| {
+        tracing::error!(error = %e, package = id, "manifest has no JCS projection");
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the server log",
+        )
+    })?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/json".to_owned())],
+        digests_headers(&digests),
+        text,
+    )
+        .into_response())
+}
+
+fn digests_headers(d: &[(&'static str, String); 2]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (name, value) in d {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            h.insert(*name, v);
+        }
+    }
+    h
+}
+
+/// `GET /packages/<id>/files/<path>`: the file's bytes, with `Range`, typed
+/// by the manifest's media type.
+pub(crate) async fn file(
+    State(app): State<AppState>,
+    method: Method,
+    Path((id, path)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let (file, record) = app.store.package_file(&id, &path).await?;
+    let content_type = file
+        .media_type
+        .as_deref()
+        .unwrap_or("application/octet-stream");
+    serve_blob(&app.store, &record, &method, &headers, content_type).await
+}
