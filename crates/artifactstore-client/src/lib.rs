@@ -270,10 +270,103 @@ impl Client {
         Client::blob_info(self.send(req).await?).await
     }
 
+    /// `GET /events?after=&limit=`: a page of events (each its JCS JSON
+    /// object) and the `after` to ask for next.
+    pub async fn events_page(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<(Vec<serde_json::Value>, u64)> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            events: Vec<serde_json::Value>,
+            next_after: u64,
+        }
+        let req = self
+            .request(Method::GET, "/events")
+            .query(&[("after", after), ("limit", u64::from(limit))]);
+        let page: Page = self.send(req).await?.json().await?;
+        Ok((page.events, page.next_after))
+    }
+
+    /// `GET /events` as Server-Sent Events from `after` (sent as
+    /// `Last-Event-ID`): replays, then follows live. Yields `(seq, JCS text)`.
+    pub async fn follow_events(
+        &self,
+        after: u64,
+    ) -> Result<impl Stream<Item = Result<(u64, String)>> + use<>> {
+        let req = self
+            .request(Method::GET, "/events")
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .header("last-event-id", after.to_string());
+        let resp = self.send(req).await?;
+        let state = (resp.bytes_stream(), Vec::<u8>::new(), SseEvent::default());
+        Ok(futures::stream::try_unfold(
+            state,
+            |(mut body, mut buf, mut event)| async move {
+                loop {
+                    // Dispatch complete lines already buffered.
+                    while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+                        let line: Vec<u8> = buf.drain(..=nl).collect();
+                        let line = String::from_utf8_lossy(&line);
+                        let line = line.trim_end_matches(['\n', '\r']);
+                        if line.is_empty() {
+                            if let Some(done) = std::mem::take(&mut event).finish()? {
+                                return Ok(Some((done, (body, buf, event))));
+                            }
+                        } else {
+                            event.field(line);
+                        }
+                    }
+                    match futures::StreamExt::next(&mut body).await {
+                        Some(chunk) => buf.extend_from_slice(&chunk?),
+                        None => return Ok(None),
+                    }
+                }
+            },
+        ))
+    }
+
     /// `DELETE /uploads/<id>`.
     pub async fn abort_upload(&self, id: &str) -> Result<()> {
         self.send(self.request(Method::DELETE, &format!("/uploads/{id}")))
             .await?;
         Ok(())
+    }
+}
+
+/// One Server-Sent Event being assembled (the subset `/events` uses).
+#[derive(Debug, Default)]
+struct SseEvent {
+    id: Option<String>,
+    data: Vec<String>,
+}
+
+impl SseEvent {
+    fn field(&mut self, line: &str) {
+        // Comments (keep-alives) start with ':'.
+        if line.starts_with(':') {
+            return;
+        }
+        let (name, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match name {
+            "id" => self.id = Some(value.to_owned()),
+            "data" => self.data.push(value.to_owned()),
+            _ => {}
+        }
+    }
+
+    /// The event at a blank line, or `None` for a block with no data.
+    fn finish(self) -> Result<Option<(u64, String)>> {
+        if self.data.is_empty() {
+            return Ok(None);
+        }
+        let seq = self
+            .id
+            .as_deref()
+            .and_then(|id| id.parse().ok())
+            .ok_or_else(|| ClientError::Protocol("event without a numeric id".into()))?;
+        Ok(Some((seq, self.data.join("\n"))))
     }
 }

@@ -2,6 +2,7 @@
 //! requests onto [`artifactstore_store::Store`] calls and errors onto RFC
 //! 9457 problem documents. No business rule lives here.
 
+mod events;
 mod packages;
 pub mod problem;
 pub mod range;

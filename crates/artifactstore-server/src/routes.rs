@@ -59,6 +59,7 @@ pub fn router(state: AppState) -> Router {
             "/packages/{id}/files/{*path}",
             get(crate::packages::file).head(crate::packages::file),
         )
+        .route("/events", get(crate::events::events))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)

@@ -94,6 +94,8 @@ pub struct Store {
     limits: Limits,
     classes: BTreeMap<String, ClassRule>,
     sessions: Mutex<HashMap<String, SessionSlot>>,
+    /// The last seq this process committed, for live followers of the log.
+    head: tokio::sync::watch::Sender<u64>,
 }
 
 impl Store {
@@ -109,6 +111,7 @@ impl Store {
             limits: options.limits,
             classes: options.classes,
             sessions: Mutex::new(HashMap::new()),
+            head: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -338,8 +341,9 @@ impl Store {
             ..created.clone()
         };
         tx.append(created, Some(manifest)).await?;
-        tx.append(default, None).await?;
+        let last = tx.append(default, None).await?;
         tx.commit().await?;
+        self.published(last.seq());
         self.package(&id).await
     }
 
@@ -436,6 +440,23 @@ impl Store {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .len()
+    }
+
+    /// Wakes followers of the log after a commit that appended up to `seq`.
+    fn published(&self, seq: u64) {
+        self.head.send_if_modified(|h| {
+            let newer = seq > *h;
+            if newer {
+                *h = seq;
+            }
+            newer
+        });
+    }
+
+    /// Changes whenever this process commits events. Followers must also
+    /// poll: other processes (admin commands, other nodes) append too.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.head.subscribe()
     }
 
     /// A page of the event log.
@@ -622,6 +643,7 @@ impl Store {
             )
             .await?;
         tx.commit().await?;
+        self.published(event.seq());
         Ok(StoredBlob {
             record: BlobRecord {
                 blob,
