@@ -2,17 +2,15 @@
 //! requests onto [`artifactstore_store::Store`] calls and errors onto RFC
 //! 9457 problem documents. No business rule lives here.
 
+pub mod auth;
 mod events;
 mod packages;
 pub mod problem;
 pub mod range;
 mod routes;
 
-use std::future::Future;
-use std::sync::Arc;
-
-use artifactstore_store::Store;
 use axum::serve::ListenerExt;
+use std::future::Future;
 use tokio::net::TcpListener;
 
 pub use routes::{AppState, BLAKE3_HEADER, SHA256_HEADER, SIZE_HEADER, UPLOAD_OFFSET, router};
@@ -21,7 +19,7 @@ pub use routes::{AppState, BLAKE3_HEADER, SHA256_HEADER, SIZE_HEADER, UPLOAD_OFF
 /// in-flight requests.
 pub async fn serve(
     listener: TcpListener,
-    store: Arc<Store>,
+    state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     // Without TCP_NODELAY, small responses on a reused connection can wait
@@ -31,8 +29,7 @@ pub async fn serve(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
     });
-    let app = router(AppState { store });
-    axum::serve(listener, app)
+    axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
 }

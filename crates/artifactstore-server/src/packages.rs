@@ -6,13 +6,14 @@ use artifactstore_core::jcs;
 use artifactstore_core::manifest::Manifest;
 use artifactstore_store::meta::{PackageFilter, PackageRecord};
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Extension, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value as Json, json};
 
+use crate::auth::Principal;
 use crate::problem::Problem;
-use crate::routes::{ANONYMOUS, AppState, Result, serve_blob};
+use crate::routes::{AppState, Result, serve_blob};
 
 /// Control-plane bodies carry metadata only (DESIGN.md §1.4); a manifest of
 /// 100,000 files fits well within this.
@@ -56,7 +57,11 @@ fn invalid(detail: impl Into<String>) -> Problem {
 
 /// `POST /packages`: `{manifest, retention_class}` as JSON, or as canonical
 /// CBOR with `Content-Type: application/cbor`.
-pub(crate) async fn create(State(app): State<AppState>, req: Request) -> Result<Response> {
+pub(crate) async fn create(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    req: Request,
+) -> Result<Response> {
     let (headers, body) = read_body(req).await?;
     let is_cbor = headers
         .get(header::CONTENT_TYPE)
@@ -95,7 +100,7 @@ pub(crate) async fn create(State(app): State<AppState>, req: Request) -> Result<
     .map_err(artifactstore_store::StoreError::from)?;
     let package = app
         .store
-        .create_package(&manifest, class, ANONYMOUS)
+        .create_package(&manifest, class, &caller.subject)
         .await?;
     let location = HeaderValue::from_str(&format!("/packages/{}", package.id)).map_err(|_| {
         Problem::new(

@@ -9,7 +9,7 @@ use artifactstore_store::meta::BlobRecord;
 use artifactstore_store::{Store, StoredBlob};
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, Request, State};
+use axum::extract::{Extension, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -18,6 +18,7 @@ use serde_json::json;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
+use crate::auth::{Auth, Principal, authorize};
 use crate::problem::Problem;
 use crate::range::{RangeRequest, resolve};
 
@@ -26,13 +27,20 @@ pub static SHA256_HEADER: HeaderName = HeaderName::from_static("artifactstore-sh
 pub static BLAKE3_HEADER: HeaderName = HeaderName::from_static("artifactstore-blake3");
 pub static SIZE_HEADER: HeaderName = HeaderName::from_static("artifactstore-size");
 
-/// The actor recorded on events while no tokens are configured (the only
-/// mode so far: `serve` then refuses non-loopback addresses).
-pub(crate) const ANONYMOUS: &str = "anonymous";
-
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub store: Arc<Store>,
+    pub auth: Auth,
+}
+
+impl AppState {
+    /// A server without tokens: every caller is `anonymous`.
+    pub fn open(store: Arc<Store>) -> AppState {
+        AppState {
+            store,
+            auth: Auth::Open,
+        }
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -62,6 +70,10 @@ pub fn router(state: AppState) -> Router {
         .route("/events", get(crate::events::events))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.auth.clone(),
+            authorize,
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -167,12 +179,16 @@ fn stored_response(stored: StoredBlob) -> Response {
 
 async fn put_blob(
     State(app): State<AppState>,
+    Extension(caller): Extension<Principal>,
     Path(digest): Path<String>,
     req: Request,
 ) -> Result<Response> {
     let digest = parse_digest(&digest)?;
     let (len, body) = body_stream(req);
-    let stored = app.store.put_blob(&[digest], len, body, ANONYMOUS).await?;
+    let stored = app
+        .store
+        .put_blob(&[digest], len, body, &caller.subject)
+        .await?;
     Ok(stored_response(stored))
 }
 
@@ -265,8 +281,11 @@ fn offset_headers(offset: u64) -> [(HeaderName, HeaderValue); 2] {
     ]
 }
 
-async fn create_upload(State(app): State<AppState>) -> Result<Response> {
-    let id = app.store.create_upload(ANONYMOUS).await?;
+async fn create_upload(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Principal>,
+) -> Result<Response> {
+    let id = app.store.create_upload(&caller.subject).await?;
     let location = HeaderValue::from_str(&format!("/uploads/{id}")).map_err(|_| {
         Problem::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -318,6 +337,7 @@ async fn append_upload(
 
 async fn finish_upload(
     State(app): State<AppState>,
+    Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
     req: Request,
@@ -332,7 +352,7 @@ async fn finish_upload(
     let last_chunk = (len != Some(0)).then_some((len, body));
     let stored = app
         .store
-        .finish_upload(&id, &declared, last_chunk, ANONYMOUS)
+        .finish_upload(&id, &declared, last_chunk, &caller.subject)
         .await?;
     Ok(stored_response(stored))
 }

@@ -27,7 +27,7 @@ async fn start() -> Server {
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(artifactstore_server::serve(
         listener,
-        store.clone(),
+        artifactstore_server::AppState::open(store.clone()),
         std::future::pending(),
     ));
     Server {

@@ -28,7 +28,7 @@ impl Server {
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(artifactstore_server::serve(
             listener,
-            store,
+            artifactstore_server::AppState::open(store),
             std::future::pending(),
         ));
         Server {

@@ -2,12 +2,13 @@
 //! OPERATOR.md). Unknown keys are errors; command-line flags override the
 //! file; the file overrides the defaults.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use artifactstore_core::retention::{ClassRule, shipped_classes};
+use artifactstore_server::auth::{Auth, Scope, TokenEntry};
 use artifactstore_store::Limits;
 use serde::Deserialize;
 
@@ -27,6 +28,17 @@ struct FileConfig {
     limits: LimitsSection,
     #[serde(default)]
     retention: RetentionSection,
+    #[serde(default)]
+    tokens: Vec<TokenSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenSection {
+    subject: String,
+    scopes: Vec<String>,
+    /// Hex SHA-256 of the token text.
+    sha256: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -119,6 +131,7 @@ pub(crate) struct Settings {
     pub(crate) metadata_url: Option<String>,
     pub(crate) limits: Limits,
     pub(crate) classes: BTreeMap<String, ClassRule>,
+    pub(crate) auth: Auth,
 }
 
 impl Settings {
@@ -164,7 +177,32 @@ impl Settings {
         if classes.is_empty() {
             bail!("[retention.classes] defines no class; remove it to use the shipped ones");
         }
+        let auth = if file.tokens.is_empty() {
+            Auth::Open
+        } else {
+            let entries = file
+                .tokens
+                .into_iter()
+                .map(|t| {
+                    let scopes = t
+                        .scopes
+                        .iter()
+                        .map(|s| s.parse::<Scope>())
+                        .collect::<Result<BTreeSet<_>, _>>()
+                        .map_err(|e| anyhow::anyhow!("token of {:?}: {e}", t.subject))?;
+                    let sha256 = artifactstore_core::digest::parse_hex32(&t.sha256)
+                        .map_err(|e| anyhow::anyhow!("token of {:?}: sha256: {e}", t.subject))?;
+                    Ok(TokenEntry {
+                        subject: t.subject,
+                        scopes,
+                        sha256,
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            Auth::tokens(entries).map_err(|e| anyhow::anyhow!("[[tokens]]: {e}"))?
+        };
         Ok(Settings {
+            auth,
             classes,
             listen,
             data_dir: o
@@ -224,6 +262,20 @@ mod tests {
         assert_eq!(s.metadata_url, None);
         assert_eq!(s.limits.max_blob_size, 64 << 30);
         assert_eq!(s.classes, shipped_classes());
+        assert!(s.auth.is_open());
+    }
+
+    #[test]
+    fn tokens() {
+        let hash = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        let text = format!(
+            "[[tokens]]\nsubject = \"ci-bot\"\nscopes = [\"read\", \"write\"]\nsha256 = \"{hash}\"\n"
+        );
+        let s = load(&text, Overrides::default()).unwrap();
+        assert!(!s.auth.is_open());
+        let twice = format!("{text}{text}");
+        let err = format!("{:#}", load(&twice, Overrides::default()).unwrap_err());
+        assert!(err.contains("same sha256"), "{err}");
     }
 
     #[test]
@@ -272,6 +324,22 @@ mod tests {
             ("[blobs]\nbackend = \"tape\"\n", "not available"),
             ("[metadata]\nurl = \"mysql://x\"\n", "not supported"),
             ("listen = [", "line 1"),
+            (
+                "[[tokens]]\nsubject = \"ci\"\nscopes = [\"push\"]\nsha256 = \"00\"\n",
+                "unknown scope \"push\"",
+            ),
+            (
+                "[[tokens]]\nsubject = \"ci\"\nscopes = [\"read\"]\nsha256 = \"00\"\n",
+                "sha256: digest hex must be 64",
+            ),
+            (
+                "[[tokens]]\nsubject = \"ci\"\nscopes = []\nsha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\n",
+                "no scopes",
+            ),
+            (
+                "[[tokens]]\nsubject = \"ci\"\nscopes = [\"read\"]\n",
+                "missing field `sha256`",
+            ),
             (
                 "[retention.classes.x]\ndefault = \"soon\"\n",
                 "retention class \"x\": invalid duration",

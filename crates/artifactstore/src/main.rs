@@ -87,8 +87,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Without tokens (none can be configured yet) every request is anonymous
-/// and allowed, so the server must not be reachable from other machines.
+/// Without tokens every request is anonymous and allowed, so the server
+/// must not be reachable from other machines.
 fn check_listen(addr: &SocketAddr) -> anyhow::Result<()> {
     if !addr.ip().is_loopback() {
         bail!(
@@ -99,7 +99,9 @@ fn check_listen(addr: &SocketAddr) -> anyhow::Result<()> {
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
-    check_listen(&settings.listen)?;
+    if settings.auth.is_open() {
+        check_listen(&settings.listen)?;
+    }
     let options = StoreOptions {
         limits: settings.limits,
         classes: settings.classes.clone(),
@@ -117,7 +119,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", settings.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(data_dir = %settings.data_dir.display(), "listening on http://{addr}");
-    artifactstore_server::serve(listener, Arc::new(store), shutdown_signal()).await?;
+    let state = artifactstore_server::AppState {
+        store: Arc::new(store),
+        auth: settings.auth.clone(),
+    };
+    artifactstore_server::serve(listener, state, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -251,3 +251,50 @@ fn sigterm_stops_the_server_cleanly() {
     }
     panic!("server did not stop: {:?}", server.log());
 }
+
+#[tokio::test]
+async fn with_tokens_the_server_may_listen_beyond_loopback_and_demands_them() {
+    let (tmp, data) = temp_dir();
+    let config = tmp.path().join("tokens.toml");
+    // Only the SHA-256 of the token goes into the config.
+    let hash = {
+        use sha2::Digest as _;
+        artifactstore_core::Digest::sha256(sha2::Sha256::digest(b"s3cret").into()).hex()
+    };
+    std::fs::write(
+        &config,
+        format!("[[tokens]]\nsubject = \"ci-bot\"\nscopes = [\"read\", \"write\"]\nsha256 = \"{hash}\"\n"),
+    )
+    .unwrap();
+    // 0.0.0.0 is accepted now; the test still talks to it over loopback.
+    let mut server =
+        ServerProcess::start_on(&data, "0.0.0.0:0", &["--config", config.to_str().unwrap()]);
+    server.base = server.base.replace("0.0.0.0", "127.0.0.1");
+    let http = artifactstore_client::reqwest::Client::new();
+    let anonymous = http
+        .get(format!("{}/events", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let data_bytes = b"pushed by ci".to_vec();
+    let d = BlobId::of(&data_bytes).sha256_digest();
+    let put = http
+        .put(format!("{}/blobs/{d}", server.base))
+        .bearer_auth("s3cret")
+        .body(data_bytes)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
+    let page: serde_json::Value = http
+        .get(format!("{}/events", server.base))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["events"][0]["actor"], "ci-bot");
+}

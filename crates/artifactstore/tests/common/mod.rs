@@ -23,8 +23,13 @@ impl ServerProcess {
     /// Starts `artifactstore serve --data-dir DIR --listen 127.0.0.1:0 EXTRA…`
     /// and waits until it reports its address.
     pub fn start(data_dir: &Path, extra: &[&str]) -> ServerProcess {
+        ServerProcess::start_on(data_dir, "127.0.0.1:0", extra)
+    }
+
+    /// Like [`ServerProcess::start`] on another listen address.
+    pub fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> ServerProcess {
         let mut child = binary()
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .stdout(Stdio::null())
