@@ -440,19 +440,23 @@ pub enum ChainError {
     Gap { expected: u64, found: u64 },
     #[error("event {seq}: stored hash does not match its bytes")]
     HashMismatch { seq: u64 },
-    #[error("event {seq}: prev does not match the hash of event {}", seq - 1)]
+    #[error(
+        "the link from event {} to event {seq} is broken: event {} was altered (with its stored hash rewritten) or event {seq}'s prev was",
+        seq - 1, seq - 1
+    )]
     PrevMismatch { seq: u64 },
     #[error("log ends at seq {found} but its recorded head is seq {expected}")]
     HeadMismatch { expected: u64, found: u64 },
 }
 
 impl ChainError {
-    /// The first seq at which the log is not what it claims to be.
+    /// The first seq at which the log may not be what it claims to be. A
+    /// broken `prev` link at n can mean n − 1 was altered (its stored hash
+    /// rewritten to match) as well as n, so it names n − 1.
     pub fn seq(&self) -> u64 {
         match self {
-            ChainError::Malformed { seq, .. }
-            | ChainError::HashMismatch { seq }
-            | ChainError::PrevMismatch { seq } => *seq,
+            ChainError::Malformed { seq, .. } | ChainError::HashMismatch { seq } => *seq,
+            ChainError::PrevMismatch { seq } => seq - 1,
             ChainError::Gap { expected, found } => (*expected).min(*found),
             ChainError::HeadMismatch { expected, found } => (*expected).min(*found) + 1,
         }
@@ -498,14 +502,17 @@ impl ChainVerifier {
             seq: row_seq,
             source,
         })?;
+        // The hash first: any edit that kept its stored hash is pinned to
+        // this exact row. What passes it is self-consistent, and the seq and
+        // prev checks below catch it where it no longer fits its neighbours.
+        if event.hash() != stored_hash {
+            return Err(ChainError::HashMismatch { seq: row_seq });
+        }
         if event.seq() != row_seq {
             return Err(ChainError::Gap {
                 expected: self.next_seq,
                 found: event.seq(),
             });
-        }
-        if event.hash() != stored_hash {
-            return Err(ChainError::HashMismatch { seq: row_seq });
         }
         if event.prev() != &self.prev {
             return Err(ChainError::PrevMismatch { seq: row_seq });
@@ -729,12 +736,12 @@ mod tests {
             verify(&rows, head).unwrap_err(),
             ChainError::HashMismatch { seq: 3 }
         );
-        // Also rewrite the stored hash: event 4's prev gives it away.
+        // Also rewrite the stored hash: event 4's prev gives it away, and
+        // the first event that may be bad is 3.
         rows[2].2 = *edited.hash();
-        assert_eq!(
-            verify(&rows, head).unwrap_err(),
-            ChainError::PrevMismatch { seq: 4 }
-        );
+        let err = verify(&rows, head).unwrap_err();
+        assert_eq!(err, ChainError::PrevMismatch { seq: 4 });
+        assert_eq!(err.seq(), 3);
     }
 
     #[test]

@@ -88,8 +88,8 @@ type SessionSlot = Arc<tokio::sync::Mutex<Option<HashState>>>;
 
 #[derive(Debug)]
 pub struct Store {
-    meta: Arc<dyn MetadataStore>,
-    blobs: Arc<dyn BlobBackend>,
+    pub(crate) meta: Arc<dyn MetadataStore>,
+    pub(crate) blobs: Arc<dyn BlobBackend>,
     clock: Arc<dyn Clock>,
     limits: Limits,
     classes: BTreeMap<String, ClassRule>,
@@ -374,22 +374,29 @@ impl Store {
     pub async fn manifest_bytes(&self, id: &str) -> Result<(PackageRecord, Vec<u8>)> {
         let package = self.package(id).await?;
         let record = self.blob(&Digest::sha256(package.manifest_sha256)).await?;
-        let mut stream = self.read_blob(&record, None).await?;
+        let bytes = self.read_verified(&record).await?;
+        Ok((package, bytes))
+    }
+
+    /// A whole blob in memory (manifests), checked against both digests of
+    /// its row: bytes that changed on disk are an error, never served.
+    pub(crate) async fn read_verified(&self, record: &BlobRecord) -> Result<Vec<u8>> {
+        let mut stream = self.read_blob(record, None).await?;
         let mut bytes = Vec::with_capacity(record.blob.size as usize);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|source| crate::blob::BlobError::Io {
-                context: format!("reading manifest of {id}"),
+                context: format!("reading {}", record.location),
                 source,
             })?;
             bytes.extend_from_slice(&chunk);
         }
-        let read = BlobId::of(&bytes);
-        if read.sha256 != package.manifest_sha256 || read.blake3 != package.manifest_blake3 {
+        if BlobId::of(&bytes) != record.blob {
             return Err(StoreError::Meta(MetaError::Corrupt(format!(
-                "the stored manifest of package {id} does not match its digests"
+                "blob {} does not match its digests",
+                record.blob.sha256_digest()
             ))));
         }
-        Ok((package, bytes))
+        Ok(bytes)
     }
 
     /// A file of a package and the blob holding its bytes.
@@ -513,16 +520,8 @@ impl Store {
         if let Some(state) = kept.filter(|s| s.len() == current) {
             return Ok(state);
         }
-        let mut hashing = HashState::new().start();
-        let mut staged = self.blobs.staging_read(id).await?;
-        while let Some(chunk) = staged.next().await {
-            let chunk = chunk.map_err(|source| crate::blob::BlobError::Io {
-                context: format!("reading back staging {id}"),
-                source,
-            })?;
-            hashing.feed(chunk).await.map_err(hasher_failed)?;
-        }
-        let state = hashing.stop().await.map_err(hasher_failed)?;
+        let staged = self.blobs.staging_read(id).await?;
+        let state = hash_stream(staged, &format!("reading back staging {id}")).await?;
         if state.len() != current {
             return Err(StoreError::Meta(MetaError::Corrupt(format!(
                 "staging {id} changed while being read back"
@@ -671,6 +670,19 @@ impl Store {
             tracing::warn!(staging = id, error = %e, "could not discard staged bytes");
         }
     }
+}
+
+/// Both digests of a stream of bytes, computed on the hasher threads.
+pub(crate) async fn hash_stream(mut stream: ByteStream, context: &str) -> Result<HashState> {
+    let mut hashing = HashState::new().start();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|source| crate::blob::BlobError::Io {
+            context: context.to_owned(),
+            source,
+        })?;
+        hashing.feed(chunk).await.map_err(hasher_failed)?;
+    }
+    hashing.stop().await.map_err(hasher_failed)
 }
 
 fn hasher_failed(_: crate::hashing::HasherGone) -> StoreError {

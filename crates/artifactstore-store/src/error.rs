@@ -57,6 +57,8 @@ pub enum StoreError {
     FileNotFound { package: String, path: String },
     #[error("reading the request body failed: {0}")]
     BodyRead(std::io::Error),
+    #[error("the event log is broken: {0}")]
+    BrokenLog(#[from] artifactstore_core::event::ChainError),
     #[error("blob backend: {0}")]
     Blob(#[from] crate::blob::BlobError),
     #[error("metadata backend: {0}")]
@@ -82,6 +84,7 @@ impl StoreError {
             StoreError::ExpiryOutOfRange => "expiry-out-of-range",
             StoreError::PackageNotFound(_) => "package-not-found",
             StoreError::FileNotFound { .. } => "file-not-found",
+            StoreError::BrokenLog(_) => "log-broken",
             StoreError::Blob(_) | StoreError::Meta(_) => "internal",
         }
     }
@@ -103,7 +106,9 @@ impl StoreError {
             StoreError::OffsetMismatch { .. } => ErrorClass::Conflict,
             StoreError::TooLarge { .. } => ErrorClass::TooLarge,
             StoreError::RangeNotSatisfiable { .. } => ErrorClass::RangeNotSatisfiable,
-            StoreError::Blob(_) | StoreError::Meta(_) => ErrorClass::Internal,
+            StoreError::BrokenLog(_) | StoreError::Blob(_) | StoreError::Meta(_) => {
+                ErrorClass::Internal
+            }
         }
     }
 }

@@ -11,6 +11,8 @@ mod engine;
 pub mod error;
 pub mod hashing;
 pub mod meta;
+mod verify;
 
 pub use engine::{Limits, MAX_PAGE, Page, Store, StoreOptions, StoredBlob};
 pub use error::{ErrorClass, StoreError};
+pub use verify::{Finding, VerifyReport};

@@ -28,7 +28,37 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the HTTP server.
-    Serve(StoreArgs),
+    Serve {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Address to listen on [default: 127.0.0.1:8080].
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
+    /// Check the hash chain, that the views equal a replay of the log, and
+    /// that every blob's bytes are present. Safe while `serve` runs.
+    Verify {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Also rehash every blob and compare both digests.
+        #[arg(long)]
+        deep: bool,
+    },
+    /// Maintain the views derived from the event log.
+    Views {
+        #[command(subcommand)]
+        command: ViewsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ViewsCommand {
+    /// Drop the views and derive them again from the log, in one
+    /// transaction (writers wait; readers see the old views until it ends).
+    Rebuild {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 /// Where the store is: shared by `serve` and the admin commands.
@@ -37,19 +67,16 @@ struct StoreArgs {
     /// TOML config file (see OPERATOR.md).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:8080].
-    #[arg(long, value_name = "ADDR")]
-    listen: Option<String>,
     /// Directory holding metadata and blobs [default: ./artifactstore-data].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
 }
 
 impl StoreArgs {
-    fn settings(&self) -> anyhow::Result<Settings> {
+    fn settings(&self, listen: Option<String>) -> anyhow::Result<Settings> {
         Settings::load(&Overrides {
             config: self.config.clone(),
-            listen: self.listen.clone(),
+            listen,
             data_dir: self.data_dir.clone(),
         })
     }
@@ -73,7 +100,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("artifactstore: {e:#}");
             ExitCode::FAILURE
@@ -81,9 +108,67 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve(args) => serve(args.settings()?).await,
+        Command::Serve { store, listen } => serve(store.settings(listen)?)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Verify { store, deep } => verify(&store.settings(None)?, deep).await,
+        Command::Views {
+            command: ViewsCommand::Rebuild { store },
+        } => {
+            let settings = store.settings(None)?;
+            let applied = open_store(&settings).await?.rebuild_views().await?;
+            println!("views rebuilt from {applied} events");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+    let options = StoreOptions {
+        limits: settings.limits,
+        classes: settings.classes.clone(),
+        ..StoreOptions::default()
+    };
+    Store::open_embedded(
+        &settings.data_dir,
+        settings.metadata_url.as_deref(),
+        options,
+    )
+    .await
+    .with_context(|| format!("opening the store in {}", settings.data_dir.display()))
+}
+
+async fn verify(settings: &Settings, deep: bool) -> anyhow::Result<ExitCode> {
+    let report = open_store(settings).await?.verify(deep).await?;
+    let views = report
+        .views_compared_at
+        .map_or("not compared (the log is broken)".to_owned(), |seq| {
+            format!("compared with a replay up to seq {seq}")
+        });
+    println!(
+        "events: {} checked; views: {views}; blobs: {} checked{}",
+        report.events_checked,
+        report.blobs_checked,
+        if deep {
+            format!(", {} bytes rehashed", report.bytes_rehashed)
+        } else {
+            String::new()
+        }
+    );
+    for finding in &report.findings {
+        println!("FAIL {finding}");
+    }
+    if report.is_ok() {
+        println!("ok");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "artifactstore: verify found {} problem(s)",
+            report.findings.len()
+        );
+        Ok(ExitCode::FAILURE)
     }
 }
 
@@ -102,18 +187,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     if settings.auth.is_open() {
         check_listen(&settings.listen)?;
     }
-    let options = StoreOptions {
-        limits: settings.limits,
-        classes: settings.classes.clone(),
-        ..StoreOptions::default()
-    };
-    let store = Store::open_embedded(
-        &settings.data_dir,
-        settings.metadata_url.as_deref(),
-        options,
-    )
-    .await
-    .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?;
+    let store = open_store(&settings).await?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("binding {}", settings.listen))?;

@@ -298,3 +298,59 @@ async fn with_tokens_the_server_may_listen_beyond_loopback_and_demands_them() {
         .unwrap();
     assert_eq!(page["events"][0]["actor"], "ci-bot");
 }
+
+/// `verify`, `verify --deep` and `views rebuild` on the same data dir while
+/// `serve` runs on it.
+#[tokio::test]
+async fn verify_and_rebuild_beside_a_running_server() {
+    let (_tmp, data) = temp_dir();
+    let server = ServerProcess::start(&data, &[]);
+    let client = Client::new(&server.base);
+    let mut ids = Vec::new();
+    for i in 0..5u8 {
+        let bytes = pattern(10_000 + i as usize, i);
+        let id = BlobId::of(&bytes);
+        client.put_blob(&id.sha256_digest(), bytes).await.unwrap();
+        ids.push(id);
+    }
+    let admin = |args: &[&str]| {
+        let out = binary()
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, out) = admin(&["verify", "--deep"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("events: 5 checked") && out.contains("50010 bytes rehashed"),
+        "{out}"
+    );
+    let (ok, out) = admin(&["views", "rebuild"]);
+    assert!(ok && out.contains("views rebuilt from 5 events"), "{out}");
+    // The server keeps serving, and sees the rebuilt views.
+    assert_eq!(
+        client.head_blob(&ids[0].blake3_digest()).await.unwrap(),
+        Some(ids[0])
+    );
+
+    // One flipped byte: a shallow verify cannot see it, a deep one names it.
+    let path = data.join(artifactstore_store::blob::fs::FsBlobStore::location_of(
+        &ids[2],
+    ));
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    assert!(admin(&["verify"]).0);
+    let (ok, out) = admin(&["verify", "--deep"]);
+    assert!(!ok);
+    assert!(
+        out.contains(&format!("FAIL blob {}", ids[2].sha256_digest())),
+        "{out}"
+    );
+}

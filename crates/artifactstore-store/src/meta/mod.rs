@@ -90,6 +90,16 @@ pub struct PackageFilter {
     pub eligible: Option<bool>,
 }
 
+/// A digest of every view's contents in a canonical row order, and the seq
+/// they reflect: two stores of the same backend whose views hold the same
+/// rows give the same digests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewsDigest {
+    pub applied_seq: u64,
+    /// (view, rows, BLAKE3 over the rows)
+    pub tables: Vec<(&'static str, u64, Hash)>,
+}
+
 /// An upload session: transient data-plane state, not an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadSession {
@@ -132,6 +142,16 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug + 'static {
     /// Deletes a session; returns whether it existed.
     async fn session_delete(&self, id: &str) -> Result<bool, MetaError>;
 
+    /// Up to `limit` blob rows with a SHA-256 greater than `after`, in order.
+    async fn blobs_after(&self, after: &Hash, limit: u32) -> Result<Vec<BlobRecord>, MetaError>;
+
+    /// [`ViewsDigest`] of the current views, read in one snapshot.
+    async fn views_digest(&self) -> Result<ViewsDigest, MetaError>;
+
+    /// A new, empty store of the same backend (dropped with the value), to
+    /// replay the log into and compare.
+    async fn scratch(&self) -> Result<Box<dyn MetadataStore>, MetaError>;
+
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), MetaError>;
 }
@@ -147,6 +167,15 @@ pub trait MetaTx: Send {
         draft: EventDraft,
         manifest: Option<&Manifest>,
     ) -> Result<Event, MetaError>;
+    /// Events after `after`, read inside this transaction.
+    async fn events_after(&mut self, after: u64, limit: u32)
+    -> Result<Vec<StoredEvent>, MetaError>;
+    /// Empties every view (the log is untouched), for a rebuild.
+    async fn reset_views(&mut self) -> Result<(), MetaError>;
+    /// Applies an event that is already in the log (or is being copied
+    /// into a scratch store) to the views, without appending it.
+    async fn replay(&mut self, event: &Event, manifest: Option<&Manifest>)
+    -> Result<(), MetaError>;
     /// Deletes an upload session as part of this transaction.
     async fn session_delete(&mut self, id: &str) -> Result<(), MetaError>;
     async fn commit(self: Box<Self>) -> Result<(), MetaError>;

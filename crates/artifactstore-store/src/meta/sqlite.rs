@@ -20,7 +20,7 @@ use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
 use super::{
     BlobRecord, MetaError, MetaTx, MetadataStore, PackageFile, PackageFilter, PackageRecord,
-    RetentionState, StoredEvent, UploadSession,
+    RetentionState, StoredEvent, UploadSession, ViewsDigest,
 };
 
 /// Embedded migrations, applied in order, each once, in one transaction.
@@ -39,6 +39,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct SqliteMetadata {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// For a scratch store: its directory, removed when the last clone goes.
+    _scratch_dir: Option<std::sync::Arc<tempfile::TempDir>>,
 }
 
 impl SqliteMetadata {
@@ -70,7 +72,11 @@ impl SqliteMetadata {
             .max_connections(READERS)
             .connect_with(base.read_only(true))
             .await?;
-        let db = SqliteMetadata { writer, reader };
+        let db = SqliteMetadata {
+            writer,
+            reader,
+            _scratch_dir: None,
+        };
         db.migrate().await?;
         Ok(db)
     }
@@ -184,6 +190,47 @@ fn package_record(row: &SqliteRow) -> Result<PackageRecord, MetaError> {
             last_eligibility_seq: last.map(|n| n as u64),
         },
     })
+}
+
+/// The views and the order their rows are hashed in (their primary keys).
+const VIEWS: &[(&str, &str)] = &[
+    ("blobs", "SELECT * FROM blobs ORDER BY sha256"),
+    ("packages", "SELECT * FROM packages ORDER BY id"),
+    (
+        "package_files",
+        "SELECT * FROM package_files ORDER BY package_id, path",
+    ),
+    (
+        "retention_state",
+        "SELECT * FROM retention_state ORDER BY package_id",
+    ),
+];
+
+/// A row as a canonical CBOR array of its column values, for hashing.
+fn row_value(row: &SqliteRow) -> Result<artifactstore_core::cbor::Value, MetaError> {
+    use artifactstore_core::cbor::Value;
+    use sqlx::{Column, TypeInfo, ValueRef};
+    let mut cells = Vec::with_capacity(row.columns().len());
+    for (i, col) in row.columns().iter().enumerate() {
+        let raw = row.try_get_raw(i)?;
+        let cell = if raw.is_null() {
+            Value::Null
+        } else {
+            match raw.type_info().name() {
+                "INTEGER" => Value::int(row.try_get::<i64, _>(i)?),
+                "TEXT" => Value::Text(row.try_get(i)?),
+                "BLOB" => Value::Bytes(row.try_get(i)?),
+                other => {
+                    return Err(MetaError::Corrupt(format!(
+                        "column {} has unexpected type {other}",
+                        col.name()
+                    )));
+                }
+            }
+        };
+        cells.push(cell);
+    }
+    Ok(Value::Array(cells))
 }
 
 /// Applies one event to the views. Appends and rebuilds both come here.
@@ -423,6 +470,49 @@ impl MetadataStore for SqliteMetadata {
         Ok(done.rows_affected() > 0)
     }
 
+    async fn blobs_after(&self, after: &Hash, limit: u32) -> Result<Vec<BlobRecord>, MetaError> {
+        let rows = sqlx::query("SELECT * FROM blobs WHERE sha256 > ? ORDER BY sha256 LIMIT ?")
+            .bind(&after[..])
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(blob_record).collect()
+    }
+
+    async fn views_digest(&self) -> Result<ViewsDigest, MetaError> {
+        use futures::TryStreamExt;
+        // One read transaction: every view from the same WAL snapshot.
+        let mut tx = self.reader.begin().await?;
+        let applied: i64 = sqlx::query_scalar("SELECT applied_seq FROM views_state WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        let mut tables = Vec::with_capacity(VIEWS.len());
+        for &(name, sql) in VIEWS {
+            let mut hasher = blake3::Hasher::new();
+            let mut rows = 0u64;
+            let mut stream = sqlx::query(sql).fetch(&mut *tx);
+            while let Some(row) = stream.try_next().await? {
+                hasher.update(&row_value(&row)?.to_canonical_bytes());
+                rows += 1;
+            }
+            drop(stream);
+            tables.push((name, rows, *hasher.finalize().as_bytes()));
+        }
+        tx.commit().await?;
+        Ok(ViewsDigest {
+            applied_seq: applied as u64,
+            tables,
+        })
+    }
+
+    async fn scratch(&self) -> Result<Box<dyn MetadataStore>, MetaError> {
+        let dir = tempfile::tempdir()
+            .map_err(|e| MetaError::Corrupt(format!("cannot create a scratch directory: {e}")))?;
+        let mut db = SqliteMetadata::open_path(&dir.path().join("scratch.sqlite")).await?;
+        db._scratch_dir = Some(std::sync::Arc::new(dir));
+        Ok(Box::new(db))
+    }
+
     async fn ping(&self) -> Result<(), MetaError> {
         sqlx::query("SELECT 1").execute(&self.reader).await?;
         Ok(())
@@ -467,6 +557,50 @@ impl MetaTx for SqliteTx {
             .await?;
         apply(&mut self.tx, &event, manifest).await?;
         Ok(event)
+    }
+
+    async fn events_after(
+        &mut self,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, MetaError> {
+        let rows =
+            sqlx::query("SELECT seq, body, hash FROM events WHERE seq > ? ORDER BY seq LIMIT ?")
+                .bind(i64_of(after)?)
+                .bind(i64::from(limit))
+                .fetch_all(&mut *self.tx)
+                .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredEvent {
+                    seq: u64_col(row, "seq")?,
+                    bytes: row.try_get("body")?,
+                    hash: hash_col(row, "hash")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn reset_views(&mut self) -> Result<(), MetaError> {
+        // Children before parents, for the foreign keys.
+        for sql in [
+            "DELETE FROM package_files",
+            "DELETE FROM retention_state",
+            "DELETE FROM packages",
+            "DELETE FROM blobs",
+            "UPDATE views_state SET applied_seq = 0 WHERE id = 1",
+        ] {
+            sqlx::query(sql).execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    async fn replay(
+        &mut self,
+        event: &Event,
+        manifest: Option<&Manifest>,
+    ) -> Result<(), MetaError> {
+        apply(&mut self.tx, event, manifest).await
     }
 
     async fn session_delete(&mut self, id: &str) -> Result<(), MetaError> {

@@ -1,0 +1,286 @@
+//! `verify` and `views rebuild`: checking the store against its log, and
+//! deriving the views from the log again.
+
+use std::fmt;
+
+use artifactstore_core::event::{ChainError, ChainVerifier, Event, EventData, Hash};
+use artifactstore_core::manifest::Manifest;
+use artifactstore_core::{BlobId, Digest};
+
+use crate::engine::{Store, hash_stream};
+use crate::error::{Result, StoreError};
+use crate::meta::{MetaError, MetaTx, MetadataStore};
+
+const PAGE: u32 = 1000;
+
+/// One thing `verify` found wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    /// The hash chain breaks; `ChainError::seq` names the first bad event.
+    Chain(ChainError),
+    /// A view differs from a replay of the log.
+    View {
+        view: &'static str,
+        rows: u64,
+        replayed_rows: u64,
+    },
+    /// A blob row whose bytes are absent.
+    MissingBlob { digest: Digest, location: String },
+    /// Bytes present with another size than the row says.
+    WrongSize {
+        digest: Digest,
+        expected: u64,
+        found: u64,
+    },
+    /// Bytes whose digests differ from the row's (`--deep`).
+    CorruptBlob { digest: Digest, actual: BlobId },
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Finding::Chain(e) => write!(f, "event log: first bad seq {}: {e}", e.seq()),
+            Finding::View {
+                view,
+                rows,
+                replayed_rows,
+            } => write!(
+                f,
+                "view {view} differs from a replay of the log ({rows} rows stored, {replayed_rows} replayed); \
+                 `artifactstore views rebuild` restores it"
+            ),
+            Finding::MissingBlob { digest, location } => {
+                write!(f, "blob {digest}: bytes missing at {location}")
+            }
+            Finding::WrongSize {
+                digest,
+                expected,
+                found,
+            } => write!(
+                f,
+                "blob {digest}: {found} bytes stored, {expected} expected"
+            ),
+            Finding::CorruptBlob { digest, actual } => write!(
+                f,
+                "blob {digest}: stored bytes hash to {} / {}",
+                actual.sha256_digest(),
+                actual.blake3_digest()
+            ),
+        }
+    }
+}
+
+/// What `verify` checked and found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub events_checked: u64,
+    /// The seq the views were compared at (none if the chain was broken).
+    pub views_compared_at: Option<u64>,
+    pub blobs_checked: u64,
+    pub bytes_rehashed: u64,
+    pub findings: Vec<Finding>,
+}
+
+impl VerifyReport {
+    pub fn is_ok(&self) -> bool {
+        self.findings.is_empty()
+    }
+}
+
+impl Store {
+    /// Checks the hash chain up to the current head, that the views equal a
+    /// replay of the log, and that every stored blob's bytes are present
+    /// (`deep`: and still hash to its digests). Takes no write lock: safe
+    /// beside a running server, whose later appends it ignores.
+    pub async fn verify(&self, deep: bool) -> Result<VerifyReport> {
+        let mut report = VerifyReport::default();
+        let chain_ok = self.verify_chain(&mut report).await?;
+        if chain_ok {
+            self.verify_views(&mut report).await?;
+        }
+        self.verify_blobs(deep, &mut report).await?;
+        Ok(report)
+    }
+
+    async fn verify_chain(&self, report: &mut VerifyReport) -> Result<bool> {
+        let (head_seq, head_hash) = self.meta.head().await?;
+        let mut chain = ChainVerifier::new();
+        let mut after = 0;
+        while after < head_seq {
+            let page = self.meta.events_after(after, PAGE).await?;
+            if page.is_empty() {
+                break;
+            }
+            for e in page.iter().take_while(|e| e.seq <= head_seq) {
+                if let Err(err) = chain.check(e.seq, &e.bytes, &e.hash) {
+                    report.findings.push(Finding::Chain(err));
+                    return Ok(false);
+                }
+                report.events_checked += 1;
+                after = e.seq;
+            }
+            if page.last().is_some_and(|e| e.seq > head_seq) {
+                break;
+            }
+        }
+        if let Err(err) = chain.finish(head_seq, &head_hash) {
+            report.findings.push(Finding::Chain(err));
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    async fn verify_views(&self, report: &mut VerifyReport) -> Result<()> {
+        let live = self.meta.views_digest().await?;
+        let scratch = self.meta.scratch().await?;
+        let mut tx = scratch.begin().await?;
+        let mut after = 0;
+        'replay: loop {
+            let page = self.meta.events_after(after, PAGE).await?;
+            if page.is_empty() {
+                break;
+            }
+            for e in page {
+                if e.seq > live.applied_seq {
+                    break 'replay;
+                }
+                let event = Event::decode(&e.bytes)
+                    .map_err(|source| ChainError::Malformed { seq: e.seq, source })?;
+                let manifest = self.manifest_of(&event, &*self.meta, None).await?;
+                tx.replay(&event, manifest.as_ref()).await?;
+                after = e.seq;
+            }
+        }
+        tx.commit().await?;
+        let replayed = scratch.views_digest().await?;
+        for ((view, rows, hash), (_, replayed_rows, replayed_hash)) in
+            live.tables.iter().zip(&replayed.tables)
+        {
+            if hash != replayed_hash {
+                report.findings.push(Finding::View {
+                    view,
+                    rows: *rows,
+                    replayed_rows: *replayed_rows,
+                });
+            }
+        }
+        report.views_compared_at = Some(live.applied_seq);
+        Ok(())
+    }
+
+    async fn verify_blobs(&self, deep: bool, report: &mut VerifyReport) -> Result<()> {
+        let mut after: Hash = [0; 32];
+        loop {
+            let page = self.meta.blobs_after(&after, PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = last.blob.sha256;
+            for record in page {
+                report.blobs_checked += 1;
+                let digest = record.blob.sha256_digest();
+                match self.blobs.stat(&record.location).await? {
+                    None => {
+                        report.findings.push(Finding::MissingBlob {
+                            digest,
+                            location: record.location.clone(),
+                        });
+                        continue;
+                    }
+                    Some(found) if found != record.blob.size => {
+                        report.findings.push(Finding::WrongSize {
+                            digest,
+                            expected: record.blob.size,
+                            found,
+                        });
+                        continue;
+                    }
+                    Some(_) => {}
+                }
+                if deep {
+                    let actual = self.rehash(&record.location).await?;
+                    report.bytes_rehashed += actual.size;
+                    if actual != record.blob {
+                        report
+                            .findings
+                            .push(Finding::CorruptBlob { digest, actual });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Both digests of stored bytes, on the hasher threads.
+    async fn rehash(&self, location: &str) -> Result<BlobId> {
+        let stream = self.blobs.read(location, None).await?;
+        Ok(hash_stream(stream, &format!("reading {location}"))
+            .await?
+            .finish())
+    }
+
+    /// The manifest a `v1.package.created` names, read from the blob store
+    /// and checked against the event's digests; `None` for other events.
+    /// Looked up through `tx` when given (a rebuild, whose `blobs` view is
+    /// being refilled in that transaction), else through `meta`.
+    async fn manifest_of(
+        &self,
+        event: &Event,
+        meta: &dyn MetadataStore,
+        tx: Option<&mut Box<dyn MetaTx>>,
+    ) -> Result<Option<Manifest>> {
+        let EventData::PackageCreated {
+            manifest_sha256,
+            manifest_blake3,
+            ..
+        } = event.data()
+        else {
+            return Ok(None);
+        };
+        let digest = Digest::sha256(*manifest_sha256);
+        let record = match tx {
+            Some(tx) => tx.blob(&digest).await?,
+            None => meta.blob(&digest).await?,
+        }
+        .ok_or_else(|| {
+            StoreError::Meta(MetaError::Corrupt(format!(
+                "package {} names manifest {digest}, which is not stored",
+                event.subject()
+            )))
+        })?;
+        if record.blob.blake3 != *manifest_blake3 {
+            return Err(StoreError::Meta(MetaError::Corrupt(format!(
+                "package {}: manifest digests disagree",
+                event.subject()
+            ))));
+        }
+        let bytes = self.read_verified(&record).await?;
+        Ok(Some(Manifest::decode(&bytes)?))
+    }
+
+    /// Empties the views and applies every event of the log again, in one
+    /// transaction: readers see the old views until it commits, writers wait
+    /// for it. Refuses a log whose chain is broken. Returns the events applied.
+    pub async fn rebuild_views(&self) -> Result<u64> {
+        let mut tx = self.meta.begin().await?;
+        tx.reset_views().await?;
+        let mut chain = ChainVerifier::new();
+        let mut after = 0;
+        loop {
+            let page = tx.events_after(after, PAGE).await?;
+            if page.is_empty() {
+                break;
+            }
+            for e in page {
+                let event = chain.check(e.seq, &e.bytes, &e.hash)?;
+                let manifest = self.manifest_of(&event, &*self.meta, Some(&mut tx)).await?;
+                tx.replay(&event, manifest.as_ref()).await?;
+                after = e.seq;
+            }
+        }
+        // Nobody can append while this transaction holds the write lock, so
+        // the committed head is the one the log must end at.
+        let (head_seq, head_hash) = self.meta.head().await?;
+        chain.finish(head_seq, &head_hash)?;
+        tx.commit().await?;
+        Ok(after)
+    }
+}

@@ -1,0 +1,325 @@
+//! `verify` and `views rebuild` after a mixed workload, and against every
+//! kind of tampering with the log, the views and the bytes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use artifactstore_core::manifest::{FileEntry, Manifest};
+use artifactstore_core::{BlobId, Digest};
+use artifactstore_store::blob::fs::FsBlobStore;
+use artifactstore_store::conformance::pattern;
+use artifactstore_store::meta::{PackageFilter, PackageRecord};
+use artifactstore_store::{Finding, Store, StoreError, StoreOptions};
+use bytes::Bytes;
+use futures::StreamExt;
+
+struct Workload {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    store: Store,
+    blobs: Vec<BlobId>,
+    packages: Vec<String>,
+}
+
+fn body(data: Vec<u8>) -> artifactstore_store::blob::ByteStream {
+    futures::stream::once(async move { Ok(Bytes::from(data)) }).boxed()
+}
+
+/// Blobs (one through a session), three packages of different classes
+/// sharing a blob, and a re-upload that dedupes.
+async fn workload() -> Workload {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let store = Store::open_embedded(&root, None, StoreOptions::default())
+        .await
+        .unwrap();
+    let mut blobs = Vec::new();
+    for i in 0..4u8 {
+        let data = pattern(1000 + i as usize * 777, i);
+        let id = BlobId::of(&data);
+        store
+            .put_blob(&[id.sha256_digest()], None, body(data), "ci")
+            .await
+            .unwrap();
+        blobs.push(id);
+    }
+    let session_data = pattern(300_000, 9);
+    let up = store.create_upload("ci").await.unwrap();
+    store
+        .append_upload(&up, 0, None, body(session_data.clone()))
+        .await
+        .unwrap();
+    let id = BlobId::of(&session_data);
+    store
+        .finish_upload(&up, &[id.blake3_digest()], None, "ci")
+        .await
+        .unwrap();
+    blobs.push(id);
+    store
+        .put_blob(
+            &[blobs[0].sha256_digest()],
+            None,
+            body(pattern(1000, 0)),
+            "ci",
+        )
+        .await
+        .unwrap();
+
+    let mut packages = Vec::new();
+    for (n, (class, picks)) in [
+        ("scratch", vec![0, 1]),
+        ("release-evidence", vec![1, 2, 4]),
+        ("permanent-record", vec![3]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let files = picks
+            .iter()
+            .map(|&i| FileEntry {
+                path: format!("f/{i}.bin"),
+                blob: blobs[i],
+                media_type: None,
+            })
+            .collect();
+        let m = Manifest::new(format!("team/app{n}"), files, BTreeMap::new()).unwrap();
+        packages.push(store.create_package(&m, class, "ci").await.unwrap().id);
+    }
+    Workload {
+        _dir: dir,
+        root,
+        store,
+        blobs,
+        packages,
+    }
+}
+
+/// Everything a client can ask the views.
+async fn query_results(w: &Workload) -> (Vec<PackageRecord>, Vec<Option<BlobId>>, Vec<Vec<u8>>) {
+    let packages = w
+        .store
+        .packages(&PackageFilter::default(), 0, 1000)
+        .await
+        .unwrap()
+        .items;
+    let mut blobs = Vec::new();
+    for b in &w.blobs {
+        blobs.push(w.store.blob(&b.blake3_digest()).await.ok().map(|r| r.blob));
+    }
+    let mut manifests = Vec::new();
+    for id in &w.packages {
+        manifests.push(w.store.manifest_bytes(id).await.unwrap().1);
+        let (file, _) = w
+            .store
+            .package_file(id, "f/1.bin")
+            .await
+            .map_or((None, ()), |(f, _)| (Some(f), ()));
+        let _ = file;
+    }
+    (packages, blobs, manifests)
+}
+
+async fn sql(root: &Path, statement: &str, binds: Vec<Vec<u8>>, seq: i64) {
+    let pool =
+        sqlx::SqlitePool::connect(&format!("sqlite://{}", root.join("meta.sqlite").display()))
+            .await
+            .unwrap();
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()));
+    for b in binds {
+        q = q.bind(b);
+    }
+    q.bind(seq).execute(&pool).await.unwrap();
+    pool.close().await;
+}
+
+async fn event_row(root: &Path, seq: i64) -> (Vec<u8>, Vec<u8>) {
+    let pool =
+        sqlx::SqlitePool::connect(&format!("sqlite://{}", root.join("meta.sqlite").display()))
+            .await
+            .unwrap();
+    let row: (Vec<u8>, Vec<u8>) = sqlx::query_as("SELECT body, hash FROM events WHERE seq = ?")
+        .bind(seq)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    row
+}
+
+fn first_chain_seq(findings: &[Finding]) -> u64 {
+    match findings.first() {
+        Some(Finding::Chain(e)) => e.seq(),
+        other => panic!("expected a chain finding first, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_clean_store_verifies_deeply() {
+    let w = workload().await;
+    let report = w.store.verify(false).await.unwrap();
+    assert!(report.is_ok(), "{:?}", report.findings);
+    let events = w.store.events_after(0, 1000).await.unwrap().len() as u64;
+    assert_eq!(report.events_checked, events);
+    assert_eq!(report.views_compared_at, Some(events));
+    // 5 blobs and 3 manifests.
+    assert_eq!(report.blobs_checked, 8);
+    assert_eq!(report.bytes_rehashed, 0);
+    let deep = w.store.verify(true).await.unwrap();
+    assert!(deep.is_ok());
+    assert!(deep.bytes_rehashed > 300_000);
+}
+
+#[tokio::test]
+async fn rebuilding_gives_identical_query_results() {
+    let w = workload().await;
+    let before = query_results(&w).await;
+    let applied = w.store.rebuild_views().await.unwrap();
+    assert_eq!(
+        applied,
+        w.store.events_after(0, 1000).await.unwrap().len() as u64
+    );
+    assert_eq!(query_results(&w).await, before);
+
+    // Damage the views behind the engine's back: verify names the view,
+    // rebuild restores it.
+    sql(
+        &w.root,
+        "UPDATE packages SET name = 'forged' WHERE created_seq = ?",
+        vec![],
+        10,
+    )
+    .await;
+    sql(
+        &w.root,
+        "DELETE FROM package_files WHERE path = 'f/0.bin' AND ? > 0",
+        vec![],
+        1,
+    )
+    .await;
+    let report = w.store.verify(false).await.unwrap();
+    let views: Vec<&str> = report
+        .findings
+        .iter()
+        .map(|f| match f {
+            Finding::View { view, .. } => *view,
+            other => panic!("unexpected finding {other}"),
+        })
+        .collect();
+    assert_eq!(views, ["packages", "package_files"]);
+    w.store.rebuild_views().await.unwrap();
+    assert!(w.store.verify(false).await.unwrap().is_ok());
+    assert_eq!(query_results(&w).await, before);
+}
+
+#[tokio::test]
+async fn editing_deleting_reordering_or_truncating_the_log_names_the_first_bad_seq() {
+    // Edited: one byte of event 5's body changes (its stored hash kept).
+    let w = workload().await;
+    let (mut bytes, _) = event_row(&w.root, 5).await;
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    sql(
+        &w.root,
+        "UPDATE events SET body = ? WHERE seq = ?",
+        vec![bytes.clone()],
+        5,
+    )
+    .await;
+    assert_eq!(
+        first_chain_seq(&w.store.verify(false).await.unwrap().findings),
+        5
+    );
+    // ... and with the stored hash rewritten to match the forged bytes.
+    sql(
+        &w.root,
+        "UPDATE events SET hash = ? WHERE seq = ?",
+        vec![blake3::hash(&bytes).as_bytes().to_vec()],
+        5,
+    )
+    .await;
+    assert_eq!(
+        first_chain_seq(&w.store.verify(false).await.unwrap().findings),
+        5
+    );
+    assert!(
+        matches!(w.store.rebuild_views().await, Err(StoreError::BrokenLog(_))),
+        "rebuild refuses a broken log"
+    );
+
+    // Deleted.
+    let w = workload().await;
+    sql(&w.root, "DELETE FROM events WHERE seq = ?", vec![], 7).await;
+    assert_eq!(
+        first_chain_seq(&w.store.verify(false).await.unwrap().findings),
+        7
+    );
+
+    // Reordered: events 3 and 4 swap places.
+    let w = workload().await;
+    let (b3, h3) = event_row(&w.root, 3).await;
+    let (b4, h4) = event_row(&w.root, 4).await;
+    sql(
+        &w.root,
+        "UPDATE events SET body = ?, hash = ? WHERE seq = ?",
+        vec![b4, h4],
+        3,
+    )
+    .await;
+    sql(
+        &w.root,
+        "UPDATE events SET body = ?, hash = ? WHERE seq = ?",
+        vec![b3, h3],
+        4,
+    )
+    .await;
+    assert_eq!(
+        first_chain_seq(&w.store.verify(false).await.unwrap().findings),
+        3
+    );
+
+    // Truncated: the last event removed.
+    let w = workload().await;
+    let head = w.store.events_after(0, 1000).await.unwrap().len() as i64;
+    sql(&w.root, "DELETE FROM events WHERE seq = ?", vec![], head).await;
+    assert_eq!(
+        first_chain_seq(&w.store.verify(false).await.unwrap().findings),
+        head as u64
+    );
+}
+
+#[tokio::test]
+async fn missing_and_corrupted_bytes_are_named() {
+    let w = workload().await;
+    let missing = w.blobs[2];
+    std::fs::remove_file(w.root.join(FsBlobStore::location_of(&missing))).unwrap();
+    let corrupt = w.blobs[3];
+    let path = w.root.join(FsBlobStore::location_of(&corrupt));
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[10] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let shallow = w.store.verify(false).await.unwrap();
+    assert_eq!(
+        shallow.findings,
+        [Finding::MissingBlob {
+            digest: missing.sha256_digest(),
+            location: FsBlobStore::location_of(&missing)
+        }]
+    );
+    let deep = w.store.verify(true).await.unwrap();
+    assert_eq!(deep.findings.len(), 2);
+    assert!(deep.findings.iter().any(
+        |f| matches!(f, Finding::CorruptBlob { digest, .. } if *digest == corrupt.sha256_digest())
+    ));
+    let text = deep
+        .findings
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        text.contains(&corrupt.sha256_digest().to_string()),
+        "{text}"
+    );
+    let _: Digest = missing.sha256_digest();
+}
