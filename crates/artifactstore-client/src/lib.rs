@@ -2,6 +2,8 @@
 //! black-box tests. It speaks the wire contract of DESIGN.md §5 and turns
 //! problem documents back into typed errors.
 
+use artifactstore_core::cbor::{Map, Value};
+use artifactstore_core::manifest::Manifest;
 use artifactstore_core::{BlobId, Digest};
 use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
@@ -33,7 +35,8 @@ impl Problem {
 pub enum ClientError {
     #[error("{}: {} ({})", .0.status, .0.detail, .0.code())]
     Problem(Problem),
-    #[error("request failed: {0}")]
+    /// Transport or decoding failure; the cause is the error's source.
+    #[error("request failed")]
     Http(#[from] reqwest::Error),
     #[error("unexpected response: {0}")]
     Protocol(String),
@@ -69,6 +72,7 @@ struct BlobBody {
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    token: Option<String>,
 }
 
 impl Client {
@@ -77,7 +81,14 @@ impl Client {
         Client {
             http: reqwest::Client::new(),
             base: base.into().trim_end_matches('/').to_owned(),
+            token: None,
         }
+    }
+
+    /// Sends `Authorization: Bearer <token>` with every request.
+    pub fn with_token(mut self, token: Option<String>) -> Client {
+        self.token = token.filter(|t| !t.is_empty());
+        self
     }
 
     pub fn base(&self) -> &str {
@@ -85,7 +96,11 @@ impl Client {
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.http.request(method, format!("{}{path}", self.base))
+        let req = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
     }
 
     /// Sends a request; a non-success status becomes a typed error.
@@ -327,6 +342,94 @@ impl Client {
         ))
     }
 
+    /// `POST /packages` with the manifest as canonical CBOR; the created
+    /// package as the server describes it.
+    pub async fn create_package(
+        &self,
+        manifest: &Manifest,
+        retention_class: &str,
+    ) -> Result<serde_json::Value> {
+        let body = Value::Map(
+            Map::new()
+                .with("manifest", manifest.to_value())
+                .with("retention_class", Value::text(retention_class)),
+        );
+        let req = self
+            .request(Method::POST, "/packages")
+            .header(reqwest::header::CONTENT_TYPE, "application/cbor")
+            .body(body.to_canonical_bytes());
+        Ok(self.send(req).await?.json().await?)
+    }
+
+    /// `GET /packages/<id>`.
+    pub async fn package(&self, id: &str) -> Result<serde_json::Value> {
+        Ok(self
+            .send(self.request(Method::GET, &format!("/packages/{id}")))
+            .await?
+            .json()
+            .await?)
+    }
+
+    /// `GET /packages` with filters (`name`, `retention_class`, `eligible`)
+    /// and a cursor; the items and the next cursor.
+    pub async fn packages(
+        &self,
+        filters: &[(&str, String)],
+        cursor: Option<&str>,
+    ) -> Result<(Vec<serde_json::Value>, Option<String>)> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            items: Vec<serde_json::Value>,
+            next_cursor: Option<String>,
+        }
+        let mut query: Vec<(&str, String)> = filters.to_vec();
+        if let Some(c) = cursor {
+            query.push(("cursor", c.to_owned()));
+        }
+        let page: Page = self
+            .send(self.request(Method::GET, "/packages").query(&query))
+            .await?
+            .json()
+            .await?;
+        Ok((page.items, page.next_cursor))
+    }
+
+    /// `GET /packages/<id>/manifest` as canonical CBOR, checked against the
+    /// digests the server states for it.
+    pub async fn manifest(&self, id: &str) -> Result<(Manifest, BlobId)> {
+        let req = self
+            .request(Method::GET, &format!("/packages/{id}/manifest"))
+            .header(reqwest::header::ACCEPT, "application/cbor");
+        let resp = self.send(req).await?;
+        let stated = resp
+            .headers()
+            .get("artifactstore-sha256")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<Digest>().ok())
+            .ok_or_else(|| ClientError::Protocol("manifest without its digest".into()))?;
+        let bytes = resp.bytes().await?;
+        let id = BlobId::of(&bytes);
+        if id.sha256_digest() != stated {
+            return Err(ClientError::Protocol(format!(
+                "manifest bytes hash to {}, not {stated}",
+                id.sha256_digest()
+            )));
+        }
+        let manifest = Manifest::decode(&bytes)
+            .map_err(|e| ClientError::Protocol(format!("manifest: {e}")))?;
+        Ok((manifest, id))
+    }
+
+    /// `GET /packages/<id>/files/<path>`: the raw response, to stream.
+    pub async fn package_file(&self, id: &str, path: &str) -> Result<Response> {
+        let encoded: Vec<String> = path.split('/').map(encode_segment).collect();
+        self.send(self.request(
+            Method::GET,
+            &format!("/packages/{id}/files/{}", encoded.join("/")),
+        ))
+        .await
+    }
+
     /// `DELETE /uploads/<id>`.
     pub async fn abort_upload(&self, id: &str) -> Result<()> {
         self.send(self.request(Method::DELETE, &format!("/uploads/{id}")))
@@ -369,4 +472,17 @@ impl SseEvent {
             .ok_or_else(|| ClientError::Protocol("event without a numeric id".into()))?;
         Ok(Some((seq, self.data.join("\n"))))
     }
+}
+
+/// Percent-encodes one path segment (RFC 3986 unreserved characters stay).
+fn encode_segment(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

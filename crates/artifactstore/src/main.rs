@@ -2,6 +2,7 @@
 //! config file, builds the engine, and hands over to the libraries.
 
 mod config;
+mod remote;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -49,6 +50,95 @@ enum Command {
         #[command(subcommand)]
         command: ViewsCommand,
     },
+    /// Upload a directory as a package; prints the package id.
+    Push {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The directory to push (its regular files, recursively).
+        dir: PathBuf,
+        /// Package name (OCI repository-name grammar, e.g. team/app).
+        #[arg(long)]
+        name: String,
+        /// Retention class (see `GET /retention/classes` or OPERATOR.md).
+        #[arg(long)]
+        class: String,
+        /// Files hashed and uploaded at once.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+        jobs: u16,
+        /// Files larger than this go up in resumable chunks of this size.
+        #[arg(long, default_value = "64MiB", value_parser = parse_chunk)]
+        chunk_size: u64,
+    },
+    /// Download a package into a new directory, verifying every file.
+    Pull {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Package id.
+        id: String,
+        /// Where to put the files; must not exist yet.
+        dest: PathBuf,
+        /// Files downloaded at once.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+        jobs: u16,
+    },
+    /// List packages.
+    Ls {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        class: Option<String>,
+        /// Only packages that are (true) or are not (false) eligible for deletion.
+        #[arg(long)]
+        eligible: Option<bool>,
+    },
+    /// Show a package and its retention state.
+    Show {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
+    },
+    /// Print the event log as JSON lines.
+    Events {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Start after this seq.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Keep following new events.
+        #[arg(long)]
+        follow: bool,
+    },
+}
+
+/// Which server a client command talks to.
+#[derive(Debug, Args)]
+struct ClientArgs {
+    /// Server URL.
+    #[arg(
+        long,
+        env = "ARTIFACTSTORE_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    server: String,
+    /// Bearer token.
+    #[arg(long, env = "ARTIFACTSTORE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl ClientArgs {
+    fn client(&self) -> artifactstore_client::Client {
+        artifactstore_client::Client::new(&self.server).with_token(self.token.clone())
+    }
+}
+
+fn parse_chunk(s: &str) -> Result<u64, String> {
+    let n = config::parse_size(s)?;
+    if n < 1 << 20 {
+        return Err("chunk size must be at least 1 MiB".into());
+    }
+    Ok(n)
 }
 
 #[derive(Debug, Subcommand)]
@@ -120,6 +210,57 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let settings = store.settings(None)?;
             let applied = open_store(&settings).await?.rebuild_views().await?;
             println!("views rebuilt from {applied} events");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Push {
+            client,
+            dir,
+            name,
+            class,
+            jobs,
+            chunk_size,
+        } => {
+            let options = remote::PushOptions {
+                name,
+                class,
+                jobs: usize::from(jobs),
+                chunk_size,
+            };
+            remote::push(&client.client(), &dir, options).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pull {
+            client,
+            id,
+            dest,
+            jobs,
+        } => {
+            remote::pull(&client.client(), &id, &dest, usize::from(jobs)).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ls {
+            client,
+            name,
+            class,
+            eligible,
+        } => {
+            let mut filters = Vec::new();
+            filters.extend(name.map(|n| ("name", n)));
+            filters.extend(class.map(|c| ("retention_class", c)));
+            filters.extend(eligible.map(|e| ("eligible", e.to_string())));
+            remote::ls(&client.client(), &filters).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Show { client, id } => {
+            remote::show(&client.client(), &id).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Events {
+            client,
+            after,
+            follow,
+        } => {
+            remote::events(&client.client(), after, follow).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -1,0 +1,486 @@
+//! The client commands: `push`, `pull`, `ls`, `show`, `events`. They speak
+//! to a server through `artifactstore-client`; every rule they rely on
+//! (manifest validation, path safety) comes from `artifactstore-core`.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use artifactstore_client::reqwest::Body;
+use artifactstore_client::{Client, ClientError};
+use artifactstore_core::BlobId;
+use artifactstore_core::manifest::{FileEntry, Manifest, validate_path};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use indicatif::{ProgressBar, ProgressStyle};
+use sha2::Digest as _;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+/// Attempts per request before a transfer gives up (transport errors and
+/// 503 only: anything else is an answer, not a hiccup).
+const ATTEMPTS: u32 = 8;
+const READ_CHUNK: usize = 1 << 20;
+
+/// A progress bar on a terminal, nothing otherwise.
+fn bar(len: u64, what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let style = ProgressStyle::with_template(
+        "{msg:>10} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    ProgressBar::new(len)
+        .with_style(style)
+        .with_message(what.to_owned())
+}
+
+fn retryable(e: &ClientError) -> bool {
+    match e {
+        ClientError::Http(_) => true,
+        ClientError::Problem(p) => p.status == 503,
+        ClientError::Protocol(_) => false,
+    }
+}
+
+async fn backoff(attempt: u32) {
+    tokio::time::sleep(Duration::from_millis(250 << attempt.min(4))).await;
+}
+
+/// A file found under the pushed directory.
+struct Local {
+    path: String,
+    abs: PathBuf,
+    blob: BlobId,
+}
+
+/// Regular files under `root`, as manifest paths (`/`-separated, UTF-8).
+/// Symlinks and other special files are refused rather than guessed at.
+fn walk(root: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries =
+            std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
+        for entry in entries {
+            let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
+            let abs = entry.path();
+            let kind = entry
+                .file_type()
+                .with_context(|| format!("stat {}", abs.display()))?;
+            if kind.is_dir() {
+                stack.push(abs);
+            } else if kind.is_file() {
+                let rel = abs.strip_prefix(root).unwrap_or(&abs);
+                let parts: Option<Vec<&str>> =
+                    rel.components().map(|c| c.as_os_str().to_str()).collect();
+                let path = parts
+                    .map(|p| p.join("/"))
+                    .with_context(|| format!("{} is not valid UTF-8", abs.display()))?;
+                validate_path(&path).with_context(|| format!("{}", abs.display()))?;
+                out.push((path, abs));
+            } else {
+                bail!(
+                    "{} is not a regular file or directory (symlinks are not pushed)",
+                    abs.display()
+                );
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    Ok(out)
+}
+
+/// Both digests of a file, in one read.
+async fn hash_file(abs: PathBuf, progress: ProgressBar) -> anyhow::Result<BlobId> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<BlobId> {
+        use std::io::Read;
+        let mut file =
+            std::fs::File::open(&abs).with_context(|| format!("opening {}", abs.display()))?;
+        let (mut sha, mut b3, mut size) = (sha2::Sha256::new(), blake3::Hasher::new(), 0u64);
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            let n = file
+                .read(&mut buf)
+                .with_context(|| format!("reading {}", abs.display()))?;
+            if n == 0 {
+                break;
+            }
+            sha.update(&buf[..n]);
+            b3.update(&buf[..n]);
+            size += n as u64;
+            progress.inc(n as u64);
+        }
+        Ok(BlobId {
+            sha256: sha.finalize().into(),
+            blake3: *b3.finalize().as_bytes(),
+            size,
+        })
+    })
+    .await?
+}
+
+/// `len` bytes of a file from `offset`, as a request body that reports
+/// progress as it is sent.
+async fn file_body(
+    abs: &Path,
+    offset: u64,
+    len: u64,
+    progress: ProgressBar,
+) -> anyhow::Result<Body> {
+    let mut file = tokio::fs::File::open(abs)
+        .await
+        .with_context(|| format!("opening {}", abs.display()))?;
+    file.seek(std::io::SeekFrom::Start(offset)).await?;
+    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), READ_CHUNK)
+        .inspect_ok(move |chunk: &Bytes| {
+            progress.inc(chunk.len() as u64);
+        });
+    Ok(Body::wrap_stream(stream))
+}
+
+/// Uploads one file: in one request up to `chunk` bytes, else through a
+/// session whose offset the server keeps, so a failed `PATCH` resumes where
+/// the server says it stopped (after a dropped connection or a server
+/// restart) rather than from the start.
+async fn upload(
+    client: &Client,
+    local: &Local,
+    chunk: u64,
+    progress: &ProgressBar,
+) -> anyhow::Result<()> {
+    let size = local.blob.size;
+    if size <= chunk {
+        let mut attempt = 0;
+        loop {
+            let body = file_body(&local.abs, 0, size, progress.clone()).await?;
+            match client.put_blob(&local.blob.sha256_digest(), body).await {
+                Ok(_) => return Ok(()),
+                Err(e) if retryable(&e) && attempt + 1 < ATTEMPTS => {
+                    progress.dec(size.min(progress.position()));
+                    attempt += 1;
+                    backoff(attempt).await;
+                }
+                Err(e) => return Err(e).with_context(|| format!("uploading {}", local.path)),
+            }
+        }
+    }
+    let id = client
+        .create_upload()
+        .await
+        .with_context(|| format!("starting upload of {}", local.path))?;
+    let mut offset = 0;
+    let mut failures = 0;
+    while offset < size {
+        let len = chunk.min(size - offset);
+        let body = file_body(&local.abs, offset, len, progress.clone()).await?;
+        match client.append_upload(&id, offset, body).await {
+            Ok(next) => offset = next,
+            Err(e) if retryable(&e) && failures + 1 < ATTEMPTS => {
+                failures += 1;
+                backoff(failures).await;
+                // Ask the server how far it got; what it has is durable.
+                match client.upload_offset(&id).await {
+                    Ok(server_offset) => {
+                        progress.set_position(
+                            progress
+                                .position()
+                                .saturating_sub(offset + len - server_offset),
+                        );
+                        offset = server_offset;
+                    }
+                    Err(e) if retryable(&e) => {
+                        progress.set_position(progress.position().saturating_sub(len));
+                    }
+                    Err(e) => {
+                        return Err(e)
+                            .with_context(|| format!("resuming upload of {}", local.path));
+                    }
+                }
+            }
+            Err(e) => return Err(e).with_context(|| format!("uploading {}", local.path)),
+        }
+    }
+    let digests = [local.blob.sha256_digest(), local.blob.blake3_digest()];
+    let mut attempt = 0;
+    loop {
+        match client.finish_upload(&id, &digests, None).await {
+            Ok(_) => return Ok(()),
+            Err(e) if retryable(&e) && attempt + 1 < ATTEMPTS => {
+                attempt += 1;
+                backoff(attempt).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("finishing upload of {}", local.path)),
+        }
+    }
+}
+
+/// Whether the server already has a blob (retrying transport errors).
+async fn has_blob(client: &Client, blob: &BlobId) -> anyhow::Result<bool> {
+    let mut attempt = 0;
+    loop {
+        match client.head_blob(&blob.sha256_digest()).await {
+            Ok(found) => return Ok(found == Some(*blob)),
+            Err(e) if retryable(&e) && attempt + 1 < ATTEMPTS => {
+                attempt += 1;
+                backoff(attempt).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+pub(crate) struct PushOptions {
+    pub(crate) name: String,
+    pub(crate) class: String,
+    pub(crate) jobs: usize,
+    pub(crate) chunk_size: u64,
+}
+
+/// `push DIR`: prints the new package's id on stdout, and on a terminal
+/// progress and a summary on stderr.
+pub(crate) async fn push(client: &Client, dir: &Path, o: PushOptions) -> anyhow::Result<()> {
+    let files = walk(dir)?;
+    let total: u64 = files
+        .iter()
+        .map(|(_, abs)| std::fs::metadata(abs).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    let hashing = bar(total, "hashing");
+    let locals: Vec<Local> = futures::stream::iter(files.into_iter().map(|(path, abs)| {
+        let progress = hashing.clone();
+        async move {
+            let blob = hash_file(abs.clone(), progress).await?;
+            Ok::<_, anyhow::Error>(Local { path, abs, blob })
+        }
+    }))
+    .buffered(o.jobs)
+    .try_collect()
+    .await?;
+    hashing.finish_and_clear();
+
+    // Each distinct blob once; ask the server which it lacks.
+    let mut distinct: BTreeMap<[u8; 32], &Local> = BTreeMap::new();
+    for l in &locals {
+        distinct.entry(l.blob.sha256).or_insert(l);
+    }
+    let present: Vec<bool> =
+        futures::stream::iter(distinct.values().map(|l| has_blob(client, &l.blob)))
+            .buffered(o.jobs * 4)
+            .try_collect()
+            .await?;
+    let missing: Vec<&Local> = distinct
+        .values()
+        .zip(&present)
+        .filter(|(_, p)| !**p)
+        .map(|(l, _)| *l)
+        .collect();
+    let upload_bytes: u64 = missing.iter().map(|l| l.blob.size).sum();
+    let uploading = bar(upload_bytes, "uploading");
+    futures::stream::iter(
+        missing
+            .iter()
+            .map(|l| upload(client, l, o.chunk_size, &uploading)),
+    )
+    .buffer_unordered(o.jobs)
+    .try_collect::<Vec<()>>()
+    .await?;
+    uploading.finish_and_clear();
+
+    let entries = locals
+        .iter()
+        .map(|l| FileEntry {
+            path: l.path.clone(),
+            blob: l.blob,
+            media_type: None,
+        })
+        .collect();
+    let manifest = Manifest::new(o.name, entries, BTreeMap::new())?;
+    let package = client
+        .create_package(&manifest, &o.class)
+        .await
+        .context("creating the package")?;
+    let id = package["id"]
+        .as_str()
+        .context("the server's answer has no package id")?;
+    if std::io::stderr().is_terminal() {
+        eprintln!(
+            "{} files, {} blobs: {} uploaded ({} bytes), {} already stored",
+            locals.len(),
+            distinct.len(),
+            missing.len(),
+            upload_bytes,
+            distinct.len() - missing.len()
+        );
+    }
+    println!("{id}");
+    Ok(())
+}
+
+/// `pull ID DEST`: all or nothing. Files land in a hidden sibling of DEST,
+/// each checked against both digests and its size as it is written; DEST
+/// appears (by rename) only when every file is complete, and any failure
+/// removes what was written.
+pub(crate) async fn pull(
+    client: &Client,
+    id: &str,
+    dest: &Path,
+    jobs: usize,
+) -> anyhow::Result<()> {
+    if dest.exists() {
+        bail!("{} already exists; pull into a new path", dest.display());
+    }
+    let package = client.package(id).await?;
+    let (manifest, manifest_id) = client.manifest(id).await?;
+    if package["manifest"]["sha256"] != manifest_id.sha256_digest().to_string() {
+        bail!("the manifest served for {id} is not the package's manifest");
+    }
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let staging = tempfile::Builder::new()
+        .prefix(".artifactstore-pull-")
+        .tempdir_in(&parent)
+        .with_context(|| format!("creating a directory in {}", parent.display()))?;
+    let progress = bar(manifest.total_size(), "pulling");
+    let root = Arc::new(staging.path().to_path_buf());
+    futures::stream::iter(manifest.files().iter().map(|f| {
+        let root = root.clone();
+        let progress = progress.clone();
+        async move { download(client, id, f, &root, &progress).await }
+    }))
+    .buffer_unordered(jobs)
+    .try_collect::<Vec<()>>()
+    .await?;
+    progress.finish_and_clear();
+    let done = staging.keep();
+    std::fs::rename(&done, dest)
+        .with_context(|| format!("moving the pulled files to {}", dest.display()))?;
+    if std::io::stderr().is_terminal() {
+        eprintln!(
+            "{} files, {} bytes, all digests verified",
+            manifest.files().len(),
+            manifest.total_size()
+        );
+    }
+    Ok(())
+}
+
+async fn download(
+    client: &Client,
+    id: &str,
+    f: &FileEntry,
+    root: &Path,
+    progress: &ProgressBar,
+) -> anyhow::Result<()> {
+    // validate_path already refused absolute paths, `..` and empty
+    // segments when the manifest was decoded; checked again here because
+    // this is where a path would escape.
+    validate_path(&f.path)?;
+    let target = root.join(&f.path);
+    if let Some(dir) = target.parent() {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let resp = client
+        .package_file(id, &f.path)
+        .await
+        .with_context(|| format!("downloading {}", f.path))?;
+    let mut out = tokio::fs::File::create(&target)
+        .await
+        .with_context(|| format!("creating {}", target.display()))?;
+    let (mut sha, mut b3, mut size) = (sha2::Sha256::new(), blake3::Hasher::new(), 0u64);
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.with_context(|| format!("downloading {}", f.path))?;
+        sha.update(&chunk);
+        b3.update(&chunk);
+        size += chunk.len() as u64;
+        out.write_all(&chunk).await?;
+        progress.inc(chunk.len() as u64);
+    }
+    out.sync_all().await?;
+    let got = BlobId {
+        sha256: sha.finalize().into(),
+        blake3: *b3.finalize().as_bytes(),
+        size,
+    };
+    if got != f.blob {
+        bail!(
+            "{}: received bytes do not match the manifest (got {}, {} bytes; expected {}, {} bytes)",
+            f.path,
+            got.sha256_digest(),
+            got.size,
+            f.blob.sha256_digest(),
+            f.blob.size
+        );
+    }
+    Ok(())
+}
+
+/// `ls`: every package matching the filters, one line each.
+pub(crate) async fn ls(client: &Client, filters: &[(&str, String)]) -> anyhow::Result<()> {
+    let mut cursor: Option<String> = None;
+    loop {
+        let (items, next) = client.packages(filters, cursor.as_deref()).await?;
+        if cursor.is_none() {
+            println!(
+                "{:<36}  {:<24}  {:<17}  {:>6}  {:>12}  {:<27}  EXPIRES",
+                "ID", "NAME", "CLASS", "FILES", "BYTES", "CREATED"
+            );
+        }
+        for p in &items {
+            println!(
+                "{:<36}  {:<24}  {:<17}  {:>6}  {:>12}  {:<27}  {}",
+                p["id"].as_str().unwrap_or("?"),
+                p["name"].as_str().unwrap_or("?"),
+                p["retention_class"].as_str().unwrap_or("?"),
+                p["file_count"].as_u64().unwrap_or_default(),
+                p["total_size"].as_u64().unwrap_or_default(),
+                p["created_at"].as_str().unwrap_or("?"),
+                p["retention"]["current_expires_at"]
+                    .as_str()
+                    .unwrap_or("never"),
+            );
+        }
+        match next {
+            Some(n) => cursor = Some(n),
+            None => return Ok(()),
+        }
+    }
+}
+
+/// `show ID`: the package with its retention state, as JSON.
+pub(crate) async fn show(client: &Client, id: &str) -> anyhow::Result<()> {
+    let package = client.package(id).await?;
+    println!("{}", serde_json::to_string_pretty(&package)?);
+    Ok(())
+}
+
+/// `events`: the log as JSON lines; with `follow`, live until interrupted.
+pub(crate) async fn events(client: &Client, after: u64, follow: bool) -> anyhow::Result<()> {
+    if follow {
+        let mut stream = Box::pin(client.follow_events(after).await?);
+        while let Some(item) = stream.next().await {
+            let (_, json) = item?;
+            println!("{json}");
+        }
+        bail!("the server closed the event stream");
+    }
+    let mut after = after;
+    loop {
+        let (events, next) = client.events_page(after, 1000).await?;
+        if events.is_empty() {
+            return Ok(());
+        }
+        for e in &events {
+            println!("{}", serde_json::to_string(e)?);
+        }
+        after = next;
+    }
+}
