@@ -168,7 +168,8 @@ pub fn required_scope(method: &Method, route: &str) -> Option<Scope> {
         | "/packages/{id}"
         | "/packages/{id}/manifest"
         | "/packages/{id}/files/{*path}"
-        | "/events" => Some(Scope::Read),
+        | "/events"
+        | "/metrics" => Some(Scope::Read),
         _ => Some(Scope::Admin),
     }
 }

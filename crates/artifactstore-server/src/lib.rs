@@ -4,6 +4,7 @@
 
 pub mod auth;
 mod events;
+mod metrics;
 mod packages;
 pub mod problem;
 pub mod range;

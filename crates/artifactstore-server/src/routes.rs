@@ -19,6 +19,7 @@ use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::auth::{Auth, Principal, authorize};
+use crate::metrics::Metrics;
 use crate::problem::Problem;
 use crate::range::{RangeRequest, resolve};
 
@@ -31,15 +32,21 @@ pub static SIZE_HEADER: HeaderName = HeaderName::from_static("artifactstore-size
 pub struct AppState {
     pub store: Arc<Store>,
     pub auth: Auth,
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
-    /// A server without tokens: every caller is `anonymous`.
-    pub fn open(store: Arc<Store>) -> AppState {
+    pub fn new(store: Arc<Store>, auth: Auth) -> AppState {
         AppState {
             store,
-            auth: Auth::Open,
+            auth,
+            metrics: Arc::default(),
         }
+    }
+
+    /// A server without tokens: every caller is `anonymous`.
+    pub fn open(store: Arc<Store>) -> AppState {
+        AppState::new(store, Auth::Open)
     }
 }
 
@@ -68,11 +75,17 @@ pub fn router(state: AppState) -> Router {
             get(crate::packages::file).head(crate::packages::file),
         )
         .route("/events", get(crate::events::events))
+        .route("/metrics", get(crate::metrics::render))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route_layer(axum::middleware::from_fn_with_state(
             state.auth.clone(),
             authorize,
+        ))
+        // Added after auth, so it runs first and also counts 401s and 403s.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            crate::metrics::track,
         ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

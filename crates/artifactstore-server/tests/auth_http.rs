@@ -31,10 +31,7 @@ async fn start() -> (tempfile::TempDir, Arc<Store>, String) {
             sha256: sha2::Sha256::digest(token_for(scope).as_bytes()).into(),
         })
         .collect();
-    let state = AppState {
-        store: store.clone(),
-        auth: Auth::tokens(entries).unwrap(),
-    };
+    let state = AppState::new(store.clone(), Auth::tokens(entries).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(artifactstore_server::serve(
@@ -79,6 +76,7 @@ async fn every_route_against_every_scope() {
             Some(Scope::Read),
         ),
         (Method::GET, "/events".into(), Some(Scope::Read)),
+        (Method::GET, "/metrics".into(), Some(Scope::Read)),
     ];
     let http = reqwest::Client::new();
     let mut checked = 0;

@@ -96,6 +96,23 @@ pub struct Store {
     sessions: Mutex<HashMap<String, SessionSlot>>,
     /// The last seq this process committed, for live followers of the log.
     head: tokio::sync::watch::Sender<u64>,
+    stats: Counters,
+}
+
+/// What this process has done since it started, for `/metrics`.
+#[derive(Debug, Default)]
+struct Counters {
+    ingested_bytes: std::sync::atomic::AtomicU64,
+    events_appended: std::sync::atomic::AtomicU64,
+}
+
+/// A reading of [`Store::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Blob bytes received by uploads (before deduplication).
+    pub ingested_bytes: u64,
+    /// Events this process appended to the log.
+    pub events_appended: u64,
 }
 
 impl Store {
@@ -112,6 +129,7 @@ impl Store {
             classes: options.classes,
             sessions: Mutex::new(HashMap::new()),
             head: tokio::sync::watch::Sender::new(0),
+            stats: Counters::default(),
         }
     }
 
@@ -343,7 +361,7 @@ impl Store {
         tx.append(created, Some(manifest)).await?;
         let last = tx.append(default, None).await?;
         tx.commit().await?;
-        self.published(last.seq());
+        self.published(last.seq(), 2);
         self.package(&id).await
     }
 
@@ -449,8 +467,11 @@ impl Store {
             .len()
     }
 
-    /// Wakes followers of the log after a commit that appended up to `seq`.
-    fn published(&self, seq: u64) {
+    /// Counts `count` events committed up to `seq` and wakes followers.
+    fn published(&self, seq: u64, count: u64) {
+        self.stats
+            .events_appended
+            .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
         self.head.send_if_modified(|h| {
             let newer = seq > *h;
             if newer {
@@ -458,6 +479,14 @@ impl Store {
             }
             newer
         });
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        StoreStats {
+            ingested_bytes: self.stats.ingested_bytes.load(Relaxed),
+            events_appended: self.stats.events_appended.load(Relaxed),
+        }
     }
 
     /// Changes whenever this process commits events. Followers must also
@@ -562,6 +591,9 @@ impl Store {
                 if hashing.len() + chunk.len() as u64 > limit {
                     return Err(StoreError::TooLarge { limit });
                 }
+                self.stats
+                    .ingested_bytes
+                    .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 hashing.feed(chunk.clone()).await.map_err(hasher_failed)?;
                 writer.write(chunk).await?;
             }
@@ -642,7 +674,7 @@ impl Store {
             )
             .await?;
         tx.commit().await?;
-        self.published(event.seq());
+        self.published(event.seq(), 1);
         Ok(StoredBlob {
             record: BlobRecord {
                 blob,

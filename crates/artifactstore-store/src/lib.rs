@@ -13,6 +13,6 @@ pub mod hashing;
 pub mod meta;
 mod verify;
 
-pub use engine::{Limits, MAX_PAGE, Page, Store, StoreOptions, StoredBlob};
+pub use engine::{Limits, MAX_PAGE, Page, Store, StoreOptions, StoreStats, StoredBlob};
 pub use error::{ErrorClass, StoreError};
 pub use verify::{Finding, VerifyReport};

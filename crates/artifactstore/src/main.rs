@@ -334,10 +334,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", settings.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(data_dir = %settings.data_dir.display(), "listening on http://{addr}");
-    let state = artifactstore_server::AppState {
-        store: Arc::new(store),
-        auth: settings.auth.clone(),
-    };
+    let state = artifactstore_server::AppState::new(Arc::new(store), settings.auth.clone());
     artifactstore_server::serve(listener, state, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())

@@ -1,0 +1,118 @@
+//! `/metrics` after known traffic.
+
+use std::sync::Arc;
+
+use artifactstore_client::Client;
+use artifactstore_core::BlobId;
+use artifactstore_server::AppState;
+use artifactstore_store::{Store, StoreOptions};
+
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn counts_requests_latency_bytes_and_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        Store::open_embedded(dir.path(), None, StoreOptions::default())
+            .await
+            .unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(artifactstore_server::serve(
+        listener,
+        AppState::open(store),
+        std::future::pending(),
+    ));
+    let client = Client::new(&base);
+
+    let data = vec![7u8; 100_000];
+    let id = BlobId::of(&data);
+    client
+        .put_blob(&id.sha256_digest(), data.clone())
+        .await
+        .unwrap();
+    client
+        .put_blob(&id.sha256_digest(), data.clone())
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            client
+                .get_blob_bytes(&id.blake3_digest())
+                .await
+                .unwrap()
+                .len(),
+            100_000
+        );
+    }
+    let missing = BlobId::of(b"nope").sha256_digest();
+    assert!(client.head_blob(&missing).await.unwrap().is_none());
+
+    let resp = reqwest_get(&format!("{base}/metrics")).await;
+    assert!(resp.0.starts_with("text/plain; version=0.0.4"));
+    let text = resp.1;
+    assert_eq!(
+        value(
+            &text,
+            r#"artifactstore_http_requests_total{method="PUT",route="/blobs/{digest}",status="201"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"artifactstore_http_requests_total{method="PUT",route="/blobs/{digest}",status="200"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"artifactstore_http_requests_total{method="GET",route="/blobs/{digest}",status="200"}"#
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"artifactstore_http_requests_total{method="HEAD",route="/blobs/{digest}",status="404"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"artifactstore_http_request_duration_seconds_count{route="/blobs/{digest}"}"#
+        ),
+        6.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"artifactstore_http_request_duration_seconds_bucket{route="/blobs/{digest}",le="+Inf"}"#
+        ),
+        6.0
+    );
+    assert!(value(&text, "artifactstore_http_response_bytes_total") >= 300_000.0);
+    assert_eq!(
+        value(&text, "artifactstore_ingested_bytes_total"),
+        200_000.0
+    );
+    assert_eq!(value(&text, "artifactstore_events_appended_total"), 1.0);
+}
+
+async fn reqwest_get(url: &str) -> (String, String) {
+    let resp = artifactstore_client::reqwest::get(url).await.unwrap();
+    let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
+    (ct, resp.text().await.unwrap())
+}
