@@ -159,7 +159,7 @@ pub fn required_scope(method: &Method, route: &str) -> Option<Scope> {
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
     );
     match route {
-        "/healthz" | "/readyz" => None,
+        "/healthz" | "/readyz" | "/openapi.json" => None,
         // An upload session is the uploader's: even its offset is `write`.
         "/uploads" | "/uploads/{id}" => Some(Scope::Write),
         "/blobs/{digest}" | "/packages" if writes => Some(Scope::Write),

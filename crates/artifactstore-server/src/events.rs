@@ -17,7 +17,7 @@ use axum::response::sse::{self, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
 
-use crate::problem::Problem;
+use crate::problem::{Problem, ProblemBody};
 use crate::routes::{AppState, Result};
 
 const DEFAULT_LIMIT: u32 = 100;
@@ -26,11 +26,25 @@ const DEFAULT_LIMIT: u32 = 100;
 const POLL: Duration = Duration::from_secs(1);
 const CBOR_SEQ: &str = "application/cbor-seq";
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct EventsQuery {
+    /// Events with a greater seq (default 0).
     after: Option<u64>,
+    /// At most this many (default 100, at most 1000).
     limit: Option<u32>,
+}
+
+/// A page of the log.
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)] // Describes the page; it is written by hand so each event is exact JCS.
+pub(crate) struct EventsPage {
+    /// Each event's JCS projection: seq, id, type, subject, actor, at, data, prev.
+    #[schema(value_type = Vec<Object>)]
+    events: (),
+    /// Pass as `after` for the next page.
+    next_after: u64,
 }
 
 fn accepts(headers: &HeaderMap, media: &str) -> bool {
@@ -61,6 +75,16 @@ fn jcs_of(seq: u64, bytes: &[u8]) -> Result<(Event, String)> {
     Ok((event, text))
 }
 
+/// The event log: a JSON page, a CBOR sequence (`Accept: application/cbor-seq`),
+/// or Server-Sent Events (`Accept: text/event-stream`, resuming from
+/// `Last-Event-ID`) that replay and then follow live.
+#[utoipa::path(get, path = "/events", tag = "events", params(EventsQuery),
+    responses(
+        (status = 200, description = "events in seq order", content(
+            (EventsPage = "application/json"),
+            (Vec<u8> = "application/cbor-seq"),
+            (String = "text/event-stream"))),
+        (status = 400, description = "invalid parameters", body = ProblemBody, content_type = "application/problem+json")))]
 pub(crate) async fn events(
     State(app): State<AppState>,
     query: std::result::Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,

@@ -5,6 +5,7 @@
 pub mod auth;
 mod events;
 mod metrics;
+mod openapi;
 mod packages;
 pub mod problem;
 pub mod range;

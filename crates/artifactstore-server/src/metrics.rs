@@ -97,7 +97,9 @@ pub(crate) async fn track(
     Response::from_parts(parts, Body::new(body))
 }
 
-/// `GET /metrics`.
+/// Prometheus text format (0.0.4).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "the metrics", content_type = "text/plain")))]
 pub(crate) async fn render(State(app): State<AppState>) -> impl IntoResponse {
     let m = &app.metrics;
     let mut out = String::new();

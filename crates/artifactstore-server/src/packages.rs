@@ -9,10 +9,9 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Extension, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value as Json, json};
 
 use crate::auth::Principal;
-use crate::problem::Problem;
+use crate::problem::{Problem, ProblemBody};
 use crate::routes::{AppState, Result, serve_blob};
 
 /// Control-plane bodies carry metadata only (DESIGN.md §1.4); a manifest of
@@ -57,6 +56,15 @@ fn invalid(detail: impl Into<String>) -> Problem {
 
 /// `POST /packages`: `{manifest, retention_class}` as JSON, or as canonical
 /// CBOR with `Content-Type: application/cbor`.
+#[utoipa::path(post, path = "/packages", tag = "packages",
+    request_body(content(
+        (CreatePackage = "application/json"),
+        (CreatePackage = "application/cbor"))),
+    responses(
+        (status = 201, description = "created; `Location` names it", body = PackageBody),
+        (status = 400, description = "malformed body or invalid manifest (the code names the rule)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "body over 64 MiB", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "unknown class (`known` lists them), missing blobs (`missing`), or blobs that disagree with the manifest (`paths`)", body = ProblemBody, content_type = "application/problem+json")))]
 pub(crate) async fn create(
     State(app): State<AppState>,
     Extension(caller): Extension<Principal>,
@@ -112,43 +120,98 @@ pub(crate) async fn create(
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
-        axum::Json(package_json(&package)),
+        axum::Json(PackageBody::from(&package)),
     )
         .into_response())
 }
 
-/// The JSON form of a package and its retention state.
-pub(crate) fn package_json(p: &PackageRecord) -> Json {
-    let r = &p.retention;
-    json!({
-        "id": p.id,
-        "name": p.name,
-        "manifest": {
-            "sha256": format!("sha256:{}", hex_of(&p.manifest_sha256)),
-            "blake3": format!("blake3:{}", hex_of(&p.manifest_blake3)),
-        },
-        "file_count": p.file_count,
-        "total_size": p.total_size,
-        "retention_class": p.retention_class,
-        "created_at": p.created_at.to_string(),
-        "created_seq": p.created_seq,
-        "created_by": p.created_by,
-        "retention": {
-            "class": r.class,
-            "current_expires_at": r.current_expires_at.map(|t| t.to_string()),
-            "active_holds": r.active_holds,
-            "eligible_for_deletion": r.eligible_for_deletion,
-            "last_eligibility_seq": r.last_eligibility_seq,
-        },
-    })
+/// A package and its retention state.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct PackageBody {
+    /// UUID v7
+    id: String,
+    name: String,
+    manifest: DigestPair,
+    file_count: u64,
+    total_size: u64,
+    retention_class: String,
+    created_at: String,
+    created_seq: u64,
+    /// The actor of `v1.package.created`.
+    created_by: String,
+    retention: RetentionBody,
+}
+
+/// The digests of the package's canonical manifest: its content identity.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct DigestPair {
+    sha256: String,
+    blake3: String,
+}
+
+/// The `retention_state` row.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct RetentionBody {
+    class: String,
+    /// `null` for a permanent class.
+    current_expires_at: Option<String>,
+    active_holds: u64,
+    eligible_for_deletion: bool,
+    last_eligibility_seq: Option<u64>,
+}
+
+/// A page of packages; pass `next_cursor` as `cursor` for the next.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct PackageList {
+    items: Vec<PackageBody>,
+    next_cursor: Option<String>,
+}
+
+/// The body of `POST /packages` (JSON; or the same map as canonical CBOR
+/// with `Content-Type: application/cbor`).
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)] // Describes the request; it is read strictly by artifactstore-core.
+pub(crate) struct CreatePackage {
+    /// A manifest v1 (DESIGN.md §3) in its JCS form: digests as 64 hex characters.
+    #[schema(value_type = Object)]
+    manifest: (),
+    retention_class: String,
+}
+
+impl From<&PackageRecord> for PackageBody {
+    fn from(p: &PackageRecord) -> PackageBody {
+        let r = &p.retention;
+        PackageBody {
+            id: p.id.clone(),
+            name: p.name.clone(),
+            manifest: DigestPair {
+                sha256: format!("sha256:{}", hex_of(&p.manifest_sha256)),
+                blake3: format!("blake3:{}", hex_of(&p.manifest_blake3)),
+            },
+            file_count: p.file_count,
+            total_size: p.total_size,
+            retention_class: p.retention_class.clone(),
+            created_at: p.created_at.to_string(),
+            created_seq: p.created_seq,
+            created_by: p.created_by.clone(),
+            retention: RetentionBody {
+                class: r.class.clone(),
+                current_expires_at: r.current_expires_at.map(|t| t.to_string()),
+                active_holds: r.active_holds,
+                eligible_for_deletion: r.eligible_for_deletion,
+                last_eligibility_seq: r.last_eligibility_seq,
+            },
+        }
+    }
 }
 
 fn hex_of(h: &[u8; 32]) -> String {
     artifactstore_core::Digest::sha256(*h).hex()
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
     name: Option<String>,
     retention_class: Option<String>,
@@ -158,6 +221,8 @@ pub(crate) struct ListQuery {
 }
 
 /// `GET /packages`: a page in creation order; `next_cursor` continues it.
+#[utoipa::path(get, path = "/packages", tag = "packages", params(ListQuery),
+    responses((status = 200, body = PackageList), (status = 400, description = "invalid filter or cursor", body = ProblemBody, content_type = "application/problem+json")))]
 pub(crate) async fn list(
     State(app): State<AppState>,
     query: std::result::Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
@@ -181,20 +246,30 @@ pub(crate) async fn list(
         .store
         .packages(&filter, after, q.limit.unwrap_or(DEFAULT_PAGE))
         .await?;
-    let items: Vec<Json> = page.items.iter().map(package_json).collect();
-    Ok(
-        axum::Json(json!({"items": items, "next_cursor": page.next.map(|n| n.to_string())}))
-            .into_response(),
-    )
+    let items = page.items.iter().map(PackageBody::from).collect();
+    Ok(axum::Json(PackageList {
+        items,
+        next_cursor: page.next.map(|n| n.to_string()),
+    })
+    .into_response())
 }
 
+/// A package and its retention state.
+#[utoipa::path(get, path = "/packages/{id}", tag = "packages", params(("id" = String, Path)),
+    responses((status = 200, body = PackageBody), (status = 404, description = "no such package", body = ProblemBody, content_type = "application/problem+json")))]
 pub(crate) async fn show(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response> {
     let package = app.store.package(&id).await?;
-    Ok(axum::Json(package_json(&package)).into_response())
+    Ok(axum::Json(PackageBody::from(&package)).into_response())
 }
 
 /// `GET /packages/<id>/manifest`: JCS by default; the canonical bytes (whose
 /// digests are the package's) with `Accept: application/cbor`.
+#[utoipa::path(get, path = "/packages/{id}/manifest", tag = "packages", params(("id" = String, Path)),
+    responses(
+        (status = 200, description = "the manifest", content(
+            (Object = "application/json"),
+            (Vec<u8> = "application/cbor"))),
+        (status = 404, description = "no such package", body = ProblemBody, content_type = "application/problem+json")))]
 pub(crate) async fn manifest(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -247,7 +322,14 @@ fn digests_headers(d: &[(&'static str, String); 2]) -> HeaderMap {
 }
 
 /// `GET /packages/<id>/files/<path>`: the file's bytes, with `Range`, typed
-/// by the manifest's media type.
+/// by the manifest's media type (`HEAD` too).
+#[utoipa::path(get, path = "/packages/{id}/files/{path}", tag = "data plane",
+    params(("id" = String, Path), ("path" = String, Path, description = "the file's path in the manifest; may contain `/`")),
+    responses(
+        (status = 200, description = "the bytes"),
+        (status = 206, description = "the requested range"),
+        (status = 404, description = "no such package or file", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 416, description = "range outside the file", body = ProblemBody, content_type = "application/problem+json")))]
 pub(crate) async fn file(
     State(app): State<AppState>,
     method: Method,

@@ -10,6 +10,17 @@ use serde_json::{Map, Value, json};
 /// The `type` URI prefix; the suffix is the stable machine code.
 pub const TYPE_PREFIX: &str = "urn:artifactstore:problem:";
 
+/// The wire form of a problem, for the API description.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ProblemBody {
+    /// `urn:artifactstore:problem:<code>`, stable
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+}
+
 #[derive(Debug)]
 pub struct Problem {
     status: StatusCode,

@@ -14,13 +14,12 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header}
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use futures::TryStreamExt;
-use serde_json::json;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::auth::{Auth, Principal, authorize};
 use crate::metrics::Metrics;
-use crate::problem::Problem;
+use crate::problem::{Problem, ProblemBody};
 use crate::range::{RangeRequest, resolve};
 
 pub static UPLOAD_OFFSET: HeaderName = HeaderName::from_static("upload-offset");
@@ -76,6 +75,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/events", get(crate::events::events))
         .route("/metrics", get(crate::metrics::render))
+        .route("/openapi.json", get(crate::openapi::openapi_json))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -114,11 +114,30 @@ async fn method_not_allowed() -> Problem {
     )
 }
 
-async fn healthz() -> impl IntoResponse {
-    axum::Json(json!({"status": "ok"}))
+/// A new upload session.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct UploadCreated {
+    id: String,
+    offset: u64,
 }
 
-async fn readyz(State(app): State<AppState>) -> Result<impl IntoResponse> {
+/// `{"status": …}` of the probes.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Status {
+    status: &'static str,
+}
+
+/// Liveness: the process serves requests.
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
+    responses((status = 200, body = Status)))]
+pub(crate) async fn healthz() -> impl IntoResponse {
+    axum::Json(Status { status: "ok" })
+}
+
+/// Readiness: the metadata database answers and the blob store is writable.
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
+    responses((status = 200, body = Status), (status = 503, body = ProblemBody, content_type = "application/problem+json")))]
+pub(crate) async fn readyz(State(app): State<AppState>) -> Result<impl IntoResponse> {
     app.store.check_ready().await.map_err(|e| {
         tracing::warn!(error = %e, "not ready");
         Problem::new(
@@ -127,7 +146,7 @@ async fn readyz(State(app): State<AppState>) -> Result<impl IntoResponse> {
             "a backend is unavailable",
         )
     })?;
-    Ok(axum::Json(json!({"status": "ready"})))
+    Ok(axum::Json(Status { status: "ready" }))
 }
 
 fn parse_digest(text: &str) -> Result<Digest> {
@@ -169,6 +188,16 @@ fn blob_headers(headers: &mut HeaderMap, record: &BlobRecord) {
     headers.insert(SIZE_HEADER.clone(), HeaderValue::from(record.blob.size));
 }
 
+/// A stored blob: both digests and the size.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct BlobBody {
+    /// `sha256:<64 hex>`
+    sha256: String,
+    /// `blake3:<64 hex>`
+    blake3: String,
+    size: u64,
+}
+
 fn stored_response(stored: StoredBlob) -> Response {
     let status = if stored.created {
         StatusCode::CREATED
@@ -176,11 +205,11 @@ fn stored_response(stored: StoredBlob) -> Response {
         StatusCode::OK
     };
     let b = &stored.record.blob;
-    let body = json!({
-        "sha256": b.sha256_digest().to_string(),
-        "blake3": b.blake3_digest().to_string(),
-        "size": b.size,
-    });
+    let body = BlobBody {
+        sha256: b.sha256_digest().to_string(),
+        blake3: b.blake3_digest().to_string(),
+        size: b.size,
+    };
     let mut response = (status, axum::Json(body)).into_response();
     let headers = response.headers_mut();
     blob_headers(headers, &stored.record);
@@ -190,7 +219,17 @@ fn stored_response(stored: StoredBlob) -> Response {
     response
 }
 
-async fn put_blob(
+/// Uploads a whole blob whose digest is known; the bytes are verified
+/// against it before the blob becomes visible.
+#[utoipa::path(put, path = "/blobs/{digest}", tag = "data plane",
+    params(("digest" = String, Path, description = "`sha256:<hex>` or `blake3:<hex>`")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses(
+        (status = 201, description = "stored", body = BlobBody),
+        (status = 200, description = "already stored; nothing new written", body = BlobBody),
+        (status = 400, description = "invalid digest, or the bytes do not match it", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "larger than the configured maximum", body = ProblemBody, content_type = "application/problem+json")))]
+pub(crate) async fn put_blob(
     State(app): State<AppState>,
     Extension(caller): Extension<Principal>,
     Path(digest): Path<String>,
@@ -205,7 +244,17 @@ async fn put_blob(
     Ok(stored_response(stored))
 }
 
-async fn get_blob(
+/// Downloads a blob by either digest, whole or one `Range`; `HEAD` gives
+/// the headers (both digests, the size) alone.
+#[utoipa::path(get, path = "/blobs/{digest}", tag = "data plane",
+    params(("digest" = String, Path, description = "`sha256:<hex>` or `blake3:<hex>`")),
+    responses(
+        (status = 200, description = "the bytes", content_type = "application/octet-stream"),
+        (status = 206, description = "the requested range", content_type = "application/octet-stream"),
+        (status = 304, description = "not modified (If-None-Match)"),
+        (status = 404, description = "no such blob", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 416, description = "range outside the blob", body = ProblemBody, content_type = "application/problem+json")))]
+pub(crate) async fn get_blob(
     State(app): State<AppState>,
     method: Method,
     Path(digest): Path<String>,
@@ -294,7 +343,10 @@ fn offset_headers(offset: u64) -> [(HeaderName, HeaderValue); 2] {
     ]
 }
 
-async fn create_upload(
+/// A new upload session; see also `HEAD`, `PATCH`, `PUT`, `DELETE /uploads/{id}`.
+#[utoipa::path(post, path = "/uploads", tag = "data plane",
+    responses((status = 202, description = "created; `Location` names it, `Upload-Offset: 0`", body = UploadCreated)))]
+pub(crate) async fn create_upload(
     State(app): State<AppState>,
     Extension(caller): Extension<Principal>,
 ) -> Result<Response> {
@@ -310,17 +362,34 @@ async fn create_upload(
         StatusCode::ACCEPTED,
         [(header::LOCATION, location)],
         offset_headers(0),
-        axum::Json(json!({"id": id, "offset": 0})),
+        axum::Json(UploadCreated { id, offset: 0 }),
     )
         .into_response())
 }
 
-async fn upload_offset(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response> {
+/// The session's offset: how many bytes the server holds durably.
+#[utoipa::path(head, path = "/uploads/{id}", tag = "data plane",
+    params(("id" = String, Path)),
+    responses((status = 204, description = "`Upload-Offset` header"), (status = 404, description = "no such session")))]
+pub(crate) async fn upload_offset(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response> {
     let offset = app.store.upload_offset(&id).await?;
     Ok((StatusCode::NO_CONTENT, offset_headers(offset)).into_response())
 }
 
-async fn append_upload(
+/// Appends the body at `Upload-Offset`, which must be the current offset.
+#[utoipa::path(patch, path = "/uploads/{id}", tag = "data plane",
+    params(("id" = String, Path), ("Upload-Offset" = u64, Header, description = "where the body starts")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses(
+        (status = 204, description = "appended; `Upload-Offset` is the new offset"),
+        (status = 400, description = "missing or invalid Upload-Offset", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "no such session", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "wrong offset; `offset` and `Upload-Offset` give the current one", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "the blob would exceed the configured maximum", body = ProblemBody, content_type = "application/problem+json")))]
+pub(crate) async fn append_upload(
     State(app): State<AppState>,
     Path(id): Path<String>,
     req: Request,
@@ -348,7 +417,16 @@ async fn append_upload(
     Ok((StatusCode::NO_CONTENT, offset_headers(new_offset)).into_response())
 }
 
-async fn finish_upload(
+/// Finishes a session (the body, if any, is a last chunk): verifies the
+/// declared digests and stores the blob. A mismatch ends the session.
+#[utoipa::path(put, path = "/uploads/{id}", tag = "data plane",
+    params(("id" = String, Path), ("digest" = Vec<String>, Query, description = "one or two expected digests")),
+    responses(
+        (status = 201, description = "stored", body = BlobBody),
+        (status = 200, description = "already stored", body = BlobBody),
+        (status = 400, description = "no digest, an invalid one, or a mismatch", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "no such session", body = ProblemBody, content_type = "application/problem+json")))]
+pub(crate) async fn finish_upload(
     State(app): State<AppState>,
     Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
@@ -370,7 +448,14 @@ async fn finish_upload(
     Ok(stored_response(stored))
 }
 
-async fn abort_upload(State(app): State<AppState>, Path(id): Path<String>) -> Result<StatusCode> {
+/// Abandons a session and its bytes.
+#[utoipa::path(delete, path = "/uploads/{id}", tag = "data plane",
+    params(("id" = String, Path)),
+    responses((status = 204, description = "gone"), (status = 404, description = "no such session", body = ProblemBody, content_type = "application/problem+json")))]
+pub(crate) async fn abort_upload(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
     app.store.abort_upload(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
