@@ -360,3 +360,48 @@ fn push_resumes_its_upload_across_a_server_restart() {
     stdout(&run(&base, &["pull", &id, "back"], work));
     assert!(std::fs::read(work.join("back/disk.img")).unwrap() == content);
 }
+
+/// On a terminal push and pull report what they did on stderr; piped, they
+/// print only their result (checked in the test above).
+#[test]
+fn a_terminal_gets_progress_and_a_summary() {
+    if !common::require_tool("script") {
+        return;
+    }
+    let (tmp, data) = temp_dir();
+    let server = ServerProcess::start(&data, &[]);
+    let work = tmp.path();
+    make_tree(&work.join("run"));
+    let bin = env!("CARGO_BIN_EXE_artifactstore");
+    // `script` runs the command on a pseudo-terminal and copies what it
+    // wrote there to our stdout.
+    let on_tty = |cmd: String| -> String {
+        let out = std::process::Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .env("ARTIFACTSTORE_URL", &server.base)
+            .current_dir(work)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let shown = on_tty(format!("{bin} push run --name a/b --class scratch"));
+    assert!(shown.contains("6 files, 5 blobs: 5 uploaded"), "{shown}");
+    let id = shown
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.len() == 36)
+        .expect("the id")
+        .to_owned();
+    let shown = on_tty(format!("{bin} pull {id} copy"));
+    assert!(
+        shown.contains("6 files,") && shown.contains("all digests verified"),
+        "{shown}"
+    );
+}
