@@ -4,26 +4,19 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use artifactstore_client::reqwest::{self, Method, StatusCode};
 use artifactstore_core::BlobId;
-use artifactstore_server::AppState;
 use artifactstore_server::auth::{Auth, Scope, TokenEntry};
-use artifactstore_store::{Store, StoreOptions};
+use artifactstore_store::StoreOptions;
 use sha2::Digest as _;
 
 fn token_for(scope: Scope) -> String {
     format!("token-with-{}-scope", scope.as_str())
 }
 
-async fn start() -> (tempfile::TempDir, Arc<Store>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        Store::open_embedded(dir.path(), None, StoreOptions::default())
-            .await
-            .unwrap(),
-    );
+/// A server with one token per scope.
+async fn start() -> common::TestServer {
     let entries = Scope::ALL
         .iter()
         .map(|&scope| TokenEntry {
@@ -32,20 +25,13 @@ async fn start() -> (tempfile::TempDir, Arc<Store>, String) {
             sha256: sha2::Sha256::digest(token_for(scope).as_bytes()).into(),
         })
         .collect();
-    let state = AppState::new(store.clone(), Auth::tokens(entries).unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(artifactstore_server::serve(
-        listener,
-        state,
-        std::future::pending(),
-    ));
-    (dir, store, base)
+    common::TestServer::start_with(StoreOptions::default(), Auth::tokens(entries).unwrap()).await
 }
 
 #[tokio::test]
 async fn every_route_against_every_scope() {
-    let (_dir, _store, base) = start().await;
+    let server = start().await;
+    let base = server.client.base().to_owned();
     let routes: Vec<(Method, String, Option<Scope>)> = common::routes()
         .into_iter()
         .map(|(m, t, scope)| {
@@ -115,7 +101,8 @@ async fn every_route_against_every_scope() {
 
 #[tokio::test]
 async fn the_token_subject_is_the_actor() {
-    let (_dir, store, base) = start().await;
+    let server = start().await;
+    let (store, base) = (server.store.clone(), server.client.base().to_owned());
     let data = b"signed by the writer".to_vec();
     let d = BlobId::of(&data).sha256_digest();
     let resp = reqwest::Client::new()

@@ -1,6 +1,7 @@
 //! `GET /events`: pages in JSON and CBOR, and the live SSE stream.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
 use artifactstore_client::Client;
@@ -9,33 +10,6 @@ use artifactstore_core::event::ChainVerifier;
 use artifactstore_core::{BlobId, jcs};
 use artifactstore_store::{Store, StoreOptions};
 use futures::StreamExt;
-
-struct Server {
-    dir: tempfile::TempDir,
-    store: Arc<Store>,
-    client: Client,
-}
-
-async fn start() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        Store::open_embedded(dir.path(), None, StoreOptions::default())
-            .await
-            .unwrap(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(artifactstore_server::serve(
-        listener,
-        artifactstore_server::AppState::open(store.clone()),
-        std::future::pending(),
-    ));
-    Server {
-        dir,
-        store,
-        client: Client::new(base),
-    }
-}
 
 async fn put(client: &Client, n: u64) {
     let data = format!("blob number {n}").into_bytes();
@@ -47,7 +21,7 @@ async fn put(client: &Client, n: u64) {
 
 #[tokio::test]
 async fn pages_in_json_and_cbor_seq() {
-    let s = start().await;
+    let s = common::TestServer::start().await;
     for n in 0..5 {
         put(&s.client, n).await;
     }
@@ -113,7 +87,7 @@ async fn follower_sees_every_event_once_in_order_across_a_reconnect() {
     const WRITERS: u64 = 6;
     const EACH: u64 = 40;
     const TOTAL: u64 = WRITERS * EACH;
-    let s = start().await;
+    let s = common::TestServer::start().await;
     // A few events exist before the follower connects: it must replay them.
     for n in 0..5 {
         put(&s.client, 10_000 + n).await;
@@ -161,7 +135,7 @@ async fn follower_sees_every_event_once_in_order_across_a_reconnect() {
 /// in production) reach a follower through polling.
 #[tokio::test]
 async fn follower_sees_events_written_by_another_process() {
-    let s = start().await;
+    let s = common::TestServer::start().await;
     let mut stream = Box::pin(s.client.follow_events(0).await.unwrap());
     let other = Store::open_embedded(s.dir.path(), None, StoreOptions::default())
         .await

@@ -1,80 +1,23 @@
 //! The data plane over real HTTP: an in-process server on a loopback port,
 //! spoken to by the typed client and by raw requests for the edge cases.
 
-use std::sync::Arc;
+mod common;
 
+use artifactstore_client::ClientError;
 use artifactstore_client::reqwest::{self, StatusCode};
-use artifactstore_client::{Client, ClientError};
 use artifactstore_core::{BlobId, Digest};
-use artifactstore_store::{Limits, Store, StoreOptions};
+use artifactstore_server::auth::Auth;
+use artifactstore_store::{Limits, StoreOptions};
+use common::{TestServer as Server, problem};
 use serde_json::Value;
-
-struct Server {
-    _dir: tempfile::TempDir,
-    store: Arc<Store>,
-    client: Client,
-    raw: reqwest::Client,
-}
-
-impl Server {
-    async fn start(limits: Limits) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(
-            Store::open_embedded(
-                dir.path(),
-                None,
-                StoreOptions {
-                    limits,
-                    ..StoreOptions::default()
-                },
-            )
-            .await
-            .unwrap(),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(artifactstore_server::serve(
-            listener,
-            artifactstore_server::AppState::open(store.clone()),
-            std::future::pending(),
-        ));
-        Server {
-            _dir: dir,
-            store,
-            client: Client::new(base),
-            raw: reqwest::Client::new(),
-        }
-    }
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.client.base())
-    }
-    async fn event_count(&self) -> usize {
-        self.store.events_after(0, 10_000).await.unwrap().len()
-    }
-}
 
 fn data(len: usize, seed: u8) -> Vec<u8> {
     artifactstore_store::conformance::pattern(len, seed)
 }
 
-/// Asserts a problem+json response and returns its body.
-async fn problem(resp: reqwest::Response, status: StatusCode, code: &str) -> Value {
-    assert_eq!(resp.status(), status);
-    assert_eq!(resp.headers()["content-type"], "application/problem+json");
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(
-        body["type"],
-        format!("urn:artifactstore:problem:{code}"),
-        "{body}"
-    );
-    assert_eq!(body["status"], status.as_u16());
-    assert!(body["title"].is_string() && body["detail"].is_string());
-    body
-}
-
 #[tokio::test]
 async fn put_then_read_by_either_digest_with_ranges() {
-    let s = Server::start(Limits::default()).await;
+    let s = Server::start().await;
     let bytes = data(100_000, 1);
     let id = BlobId::of(&bytes);
     let info = s
@@ -156,7 +99,7 @@ async fn put_then_read_by_either_digest_with_ranges() {
 
 #[tokio::test]
 async fn resumable_upload_over_http() {
-    let s = Server::start(Limits::default()).await;
+    let s = Server::start().await;
     let bytes = data(3_000_000, 2);
     let id = BlobId::of(&bytes);
     let resp = s.raw.post(s.url("/uploads")).send().await.unwrap();
@@ -193,9 +136,15 @@ async fn resumable_upload_over_http() {
 
 #[tokio::test]
 async fn bad_input_gets_a_problem_and_changes_nothing() {
-    let s = Server::start(Limits {
-        max_blob_size: 1000,
-    })
+    let s = Server::start_with(
+        StoreOptions {
+            limits: Limits {
+                max_blob_size: 1000,
+            },
+            ..StoreOptions::default()
+        },
+        Auth::Open,
+    )
     .await;
     let bytes = data(500, 3);
     let id = BlobId::of(&bytes);
@@ -381,7 +330,7 @@ async fn bad_input_gets_a_problem_and_changes_nothing() {
 
 #[tokio::test]
 async fn health_and_readiness() {
-    let s = Server::start(Limits::default()).await;
+    let s = Server::start().await;
     let health: Value = s
         .raw
         .get(s.url("/healthz"))
@@ -398,7 +347,7 @@ async fn health_and_readiness() {
 
 #[tokio::test]
 async fn missing_blob_is_404_problem() {
-    let s = Server::start(Limits::default()).await;
+    let s = Server::start().await;
     let d: Digest = BlobId::of(b"absent").blake3_digest();
     let resp = s
         .raw

@@ -1,11 +1,9 @@
 //! `/metrics` after known traffic.
 
-use std::sync::Arc;
+mod common;
 
 use artifactstore_client::Client;
 use artifactstore_core::BlobId;
-use artifactstore_server::AppState;
-use artifactstore_store::{Store, StoreOptions};
 
 fn value(text: &str, series: &str) -> f64 {
     text.lines()
@@ -20,19 +18,8 @@ fn value(text: &str, series: &str) -> f64 {
 
 #[tokio::test]
 async fn counts_requests_latency_bytes_and_events() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        Store::open_embedded(dir.path(), None, StoreOptions::default())
-            .await
-            .unwrap(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(artifactstore_server::serve(
-        listener,
-        AppState::open(store),
-        std::future::pending(),
-    ));
+    let server = common::TestServer::start().await;
+    let base = server.client.base().to_owned();
     let client = Client::new(&base);
 
     let data = vec![7u8; 100_000];

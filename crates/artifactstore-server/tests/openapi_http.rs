@@ -3,26 +3,11 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-
-use artifactstore_server::AppState;
-use artifactstore_store::{Store, StoreOptions};
 
 #[tokio::test]
 async fn the_document_lists_every_route_and_nothing_else() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        Store::open_embedded(dir.path(), None, StoreOptions::default())
-            .await
-            .unwrap(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(artifactstore_server::serve(
-        listener,
-        AppState::open(store),
-        std::future::pending(),
-    ));
+    let server = common::TestServer::start().await;
+    let base = server.client.base().to_owned();
     let doc: serde_json::Value = artifactstore_client::reqwest::get(format!("{base}/openapi.json"))
         .await
         .unwrap()

@@ -1,61 +1,30 @@
 //! Package routes over real HTTP.
 
-use std::sync::Arc;
+mod common;
 
-use artifactstore_client::Client;
 use artifactstore_client::reqwest::{self, StatusCode};
 use artifactstore_core::cbor::{self, Map, Value};
 use artifactstore_core::manifest::{FileEntry, Manifest};
 use artifactstore_core::{BlobId, jcs};
-use artifactstore_store::{Store, StoreOptions};
+use common::{TestServer as Server, problem};
 use serde_json::{Value as Json, json};
 
-struct Server {
-    _dir: tempfile::TempDir,
-    client: Client,
-    raw: reqwest::Client,
+async fn put(s: &Server, data: &[u8]) -> BlobId {
+    let id = BlobId::of(data);
+    s.client
+        .put_blob(&id.sha256_digest(), data.to_vec())
+        .await
+        .unwrap();
+    id
 }
 
-impl Server {
-    async fn start() -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(
-            Store::open_embedded(dir.path(), None, StoreOptions::default())
-                .await
-                .unwrap(),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(artifactstore_server::serve(
-            listener,
-            artifactstore_server::AppState::open(store),
-            std::future::pending(),
-        ));
-        Server {
-            _dir: dir,
-            client: Client::new(base),
-            raw: reqwest::Client::new(),
-        }
-    }
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.client.base())
-    }
-    async fn put(&self, data: &[u8]) -> BlobId {
-        let id = BlobId::of(data);
-        self.client
-            .put_blob(&id.sha256_digest(), data.to_vec())
-            .await
-            .unwrap();
-        id
-    }
-    async fn post_json(&self, body: &Json) -> reqwest::Response {
-        self.raw
-            .post(self.url("/packages"))
-            .json(body)
-            .send()
-            .await
-            .unwrap()
-    }
+async fn post_json(s: &Server, body: &Json) -> reqwest::Response {
+    s.raw
+        .post(s.url("/packages"))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
 }
 
 fn file_json(path: &str, data: &[u8]) -> Json {
@@ -63,25 +32,13 @@ fn file_json(path: &str, data: &[u8]) -> Json {
     json!({"path": path, "size": id.size, "sha256": id.sha256_digest().hex(), "blake3": id.blake3_digest().hex()})
 }
 
-async fn problem(resp: reqwest::Response, status: StatusCode, code: &str) -> Json {
-    assert_eq!(resp.status(), status);
-    assert_eq!(resp.headers()["content-type"], "application/problem+json");
-    let body: Json = resp.json().await.unwrap();
-    assert_eq!(
-        body["type"],
-        format!("urn:artifactstore:problem:{code}"),
-        "{body}"
-    );
-    body
-}
-
 #[tokio::test]
 async fn create_read_list_and_download_over_json() {
     let s = Server::start().await;
     let report = b"<testsuite tests=\"3\"/>\n".to_vec();
     let log: Vec<u8> = (0..10_000u32).flat_map(|i| i.to_le_bytes()).collect();
-    s.put(&report).await;
-    s.put(&log).await;
+    put(&s, &report).await;
+    put(&s, &log).await;
     let mut junit = file_json("report/junit.xml", &report);
     junit["media_type"] = json!("application/xml");
     let body = json!({
@@ -93,7 +50,7 @@ async fn create_read_list_and_download_over_json() {
         },
         "retention_class": "release-evidence",
     });
-    let resp = s.post_json(&body).await;
+    let resp = post_json(&s, &body).await;
     assert_eq!(resp.status(), StatusCode::CREATED);
     let location = resp.headers()["location"].to_str().unwrap().to_owned();
     let created: Json = resp.json().await.unwrap();
@@ -182,7 +139,7 @@ async fn create_read_list_and_download_over_json() {
     for _ in 0..3 {
         let mut b = body.clone();
         b["retention_class"] = json!("scratch");
-        assert_eq!(s.post_json(&b).await.status(), StatusCode::CREATED);
+        assert_eq!(post_json(&s, &b).await.status(), StatusCode::CREATED);
     }
     let page: Json = s
         .raw
@@ -224,7 +181,7 @@ async fn create_read_list_and_download_over_json() {
 async fn create_over_canonical_cbor() {
     let s = Server::start().await;
     let data = b"evidence".to_vec();
-    let blob = s.put(&data).await;
+    let blob = put(&s, &data).await;
     let manifest = Manifest::new(
         "records/q4".into(),
         vec![FileEntry {
@@ -275,13 +232,13 @@ async fn create_over_canonical_cbor() {
 #[tokio::test]
 async fn bad_package_requests_say_exactly_what_is_wrong() {
     let s = Server::start().await;
-    s.put(b"here").await;
+    put(&s, b"here").await;
     let manifest =
         |files: Json| json!({"schema": "artifactstore.manifest.v1", "name": "a", "files": files});
 
     let body = json!({"manifest": manifest(json!([file_json("a", b"here"), file_json("b", b"gone")])), "retention_class": "scratch"});
     let p = problem(
-        s.post_json(&body).await,
+        post_json(&s, &body).await,
         StatusCode::UNPROCESSABLE_ENTITY,
         "missing-blobs",
     )
@@ -293,7 +250,7 @@ async fn bad_package_requests_say_exactly_what_is_wrong() {
 
     let body = json!({"manifest": manifest(json!([file_json("a", b"here")])), "retention_class": "eternal"});
     let p = problem(
-        s.post_json(&body).await,
+        post_json(&s, &body).await,
         StatusCode::UNPROCESSABLE_ENTITY,
         "unknown-retention-class",
     )
@@ -325,7 +282,7 @@ async fn bad_package_requests_say_exactly_what_is_wrong() {
         (json!([1, 2]), "invalid-request"),
     ];
     for (body, code) in cases {
-        problem(s.post_json(&body).await, StatusCode::BAD_REQUEST, code).await;
+        problem(post_json(&s, &body).await, StatusCode::BAD_REQUEST, code).await;
     }
     let resp = s
         .raw

@@ -136,6 +136,14 @@ fn blob_record(row: &SqliteRow) -> Result<BlobRecord, MetaError> {
     })
 }
 
+fn stored_event(row: &SqliteRow) -> Result<StoredEvent, MetaError> {
+    Ok(StoredEvent {
+        seq: u64_col(row, "seq")?,
+        bytes: row.try_get("body")?,
+        hash: hash_col(row, "hash")?,
+    })
+}
+
 fn i64_of(n: u64) -> Result<i64, MetaError> {
     i64::try_from(n)
         .map_err(|_| MetaError::Corrupt(format!("{n} exceeds the database integer range")))
@@ -361,15 +369,7 @@ impl MetadataStore for SqliteMetadata {
                 .bind(i64::from(limit))
                 .fetch_all(&self.reader)
                 .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(StoredEvent {
-                    seq: u64_col(row, "seq")?,
-                    bytes: row.try_get("body")?,
-                    hash: hash_col(row, "hash")?,
-                })
-            })
-            .collect()
+        rows.iter().map(stored_event).collect()
     }
 
     async fn head(&self) -> Result<(u64, Hash), MetaError> {
@@ -570,15 +570,7 @@ impl MetaTx for SqliteTx {
                 .bind(i64::from(limit))
                 .fetch_all(&mut *self.tx)
                 .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(StoredEvent {
-                    seq: u64_col(row, "seq")?,
-                    bytes: row.try_get("body")?,
-                    hash: hash_col(row, "hash")?,
-                })
-            })
-            .collect()
+        rows.iter().map(stored_event).collect()
     }
 
     async fn reset_views(&mut self) -> Result<(), MetaError> {
