@@ -328,7 +328,6 @@ impl Store {
         .await?;
 
         let mut tx = self.meta.begin().await?;
-        let refs = References::of(manifest);
         let mut found = Vec::with_capacity(refs.wanted.len());
         for d in refs.digests() {
             found.push(tx.blob(&d).await?);
@@ -761,9 +760,9 @@ impl<'a> References<'a> {
     }
 
     /// `found[i]` is what the lookup of the i-th digest returned.
-    fn verdict(self, found: &[Option<BlobRecord>]) -> Result<()> {
+    fn verdict(&self, found: &[Option<BlobRecord>]) -> Result<()> {
         let mut missing = Vec::new();
-        let mut mismatched = self.inconsistent;
+        let mut mismatched = self.inconsistent.clone();
         for ((blob, path), record) in self.wanted.iter().zip(found) {
             match record {
                 None => missing.push(blob.sha256_digest()),
