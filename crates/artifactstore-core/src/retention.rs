@@ -76,6 +76,55 @@ impl ClassRule {
     }
 }
 
+/// The longest reason accepted for a retention change, in bytes.
+pub const MAX_REASON_LEN: usize = 4096;
+
+/// Why a retention change was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChangeError {
+    #[error("a reason is required (non-blank, at most {MAX_REASON_LEN} bytes)")]
+    ReasonRequired,
+    #[error("the package's class is permanent: it never expires, so it cannot be extended")]
+    Permanent,
+    #[error("the new expiry must be strictly later than the current one ({current})")]
+    NotLater { current: Timestamp },
+}
+
+/// Every retention change carries a reason an auditor can read.
+pub fn check_reason(reason: &str) -> Result<(), ChangeError> {
+    if reason.trim().is_empty() || reason.len() > MAX_REASON_LEN {
+        return Err(ChangeError::ReasonRequired);
+    }
+    Ok(())
+}
+
+/// An extension moves `expires_at` strictly later; a permanent package
+/// (`current` is `None`) has nothing to extend.
+pub fn check_extension(
+    current: Option<Timestamp>,
+    new: Timestamp,
+    reason: &str,
+) -> Result<(), ChangeError> {
+    check_reason(reason)?;
+    match current {
+        None => Err(ChangeError::Permanent),
+        Some(current) if new <= current => Err(ChangeError::NotLater { current }),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Whether a sweep at `now` makes a package eligible for deletion: its
+/// expiry has passed, no hold is active, and it is not eligible already
+/// (one event per transition).
+pub fn becomes_eligible(
+    expires_at: Option<Timestamp>,
+    active_holds: u64,
+    eligible: bool,
+    now: Timestamp,
+) -> bool {
+    !eligible && active_holds == 0 && expires_at.is_some_and(|e| e <= now)
+}
+
 /// The classes shipped when the config defines none: `scratch` 7d,
 /// `build-output` 90d, `release-evidence` 3y, `permanent-record` permanent.
 pub fn shipped_classes() -> BTreeMap<String, ClassRule> {
@@ -161,6 +210,53 @@ mod tests {
             .expiry(t),
             Err(RetentionError::OutOfRange)
         );
+    }
+
+    #[test]
+    fn extension_rules() {
+        let t = ts("2026-11-28T11:15:20.123456Z");
+        let later = ts("2026-11-28T11:15:20.123457Z");
+        assert_eq!(check_extension(Some(t), later, "audit"), Ok(()));
+        assert_eq!(
+            check_extension(Some(t), t, "audit"),
+            Err(ChangeError::NotLater { current: t })
+        );
+        assert_eq!(
+            check_extension(Some(later), t, "audit"),
+            Err(ChangeError::NotLater { current: later })
+        );
+        assert_eq!(
+            check_extension(None, later, "audit"),
+            Err(ChangeError::Permanent)
+        );
+        for bad in ["", "   ", "\n\t"] {
+            assert_eq!(
+                check_extension(Some(t), later, bad),
+                Err(ChangeError::ReasonRequired)
+            );
+        }
+        assert_eq!(
+            check_reason(&"x".repeat(MAX_REASON_LEN + 1)),
+            Err(ChangeError::ReasonRequired)
+        );
+        assert_eq!(check_reason(&"x".repeat(MAX_REASON_LEN)), Ok(()));
+    }
+
+    #[test]
+    fn eligibility_rules() {
+        let t = ts("2026-11-28T11:15:20.123456Z");
+        let before = ts("2026-11-28T11:15:20.123455Z");
+        assert!(
+            becomes_eligible(Some(t), 0, false, t),
+            "expiry reached exactly"
+        );
+        assert!(!becomes_eligible(Some(t), 0, false, before), "not yet");
+        assert!(!becomes_eligible(Some(before), 1, false, t), "held");
+        assert!(
+            !becomes_eligible(Some(before), 0, true, t),
+            "already eligible: one event per transition"
+        );
+        assert!(!becomes_eligible(None, 0, false, t), "permanent");
     }
 
     proptest! {

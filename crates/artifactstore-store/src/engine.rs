@@ -90,7 +90,7 @@ type SessionSlot = Arc<tokio::sync::Mutex<Option<HashState>>>;
 pub struct Store {
     pub(crate) meta: Arc<dyn MetadataStore>,
     pub(crate) blobs: Arc<dyn BlobBackend>,
-    clock: Arc<dyn Clock>,
+    pub(crate) clock: Arc<dyn Clock>,
     limits: Limits,
     classes: BTreeMap<String, ClassRule>,
     sessions: Mutex<HashMap<String, SessionSlot>>,
@@ -154,7 +154,7 @@ impl Store {
         &self.classes
     }
 
-    fn new_id(&self) -> String {
+    pub(crate) fn new_id(&self) -> String {
         let micros = self.clock.now().unix_micros().max(0) as u64;
         let ts = uuid::Timestamp::from_unix(
             uuid::NoContext,
@@ -467,7 +467,7 @@ impl Store {
     }
 
     /// Counts `count` events committed up to `seq` and wakes followers.
-    fn published(&self, seq: u64, count: u64) {
+    pub(crate) fn published(&self, seq: u64, count: u64) {
         self.stats
             .events_appended
             .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
@@ -685,7 +685,7 @@ impl Store {
         })
     }
 
-    fn draft(&self, subject: &str, actor: &str, data: EventData) -> EventDraft {
+    pub(crate) fn draft(&self, subject: &str, actor: &str, data: EventData) -> EventDraft {
         EventDraft {
             id: self.new_id(),
             subject: subject.to_owned(),

@@ -3,6 +3,7 @@
 //! and never need to know the variants.
 
 use artifactstore_core::Digest;
+use artifactstore_core::retention::ChangeError;
 
 /// How an adapter should present an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +54,12 @@ pub enum StoreError {
     ExpiryOutOfRange,
     #[error("no package {0}")]
     PackageNotFound(String),
+    #[error(transparent)]
+    RetentionChange(#[from] artifactstore_core::retention::ChangeError),
+    #[error("package {package} has no hold {hold}")]
+    HoldNotFound { package: String, hold: String },
+    #[error("hold {0} was already released")]
+    HoldReleased(String),
     #[error("package {package} has no file {path:?}")]
     FileNotFound { package: String, path: String },
     #[error("reading the request body failed: {0}")]
@@ -83,6 +90,13 @@ impl StoreError {
             StoreError::ManifestBlobMismatch(_) => "manifest-blob-mismatch",
             StoreError::ExpiryOutOfRange => "expiry-out-of-range",
             StoreError::PackageNotFound(_) => "package-not-found",
+            StoreError::RetentionChange(e) => match e {
+                ChangeError::ReasonRequired => "reason-required",
+                ChangeError::Permanent => "retention-permanent",
+                ChangeError::NotLater { .. } => "extension-not-later",
+            },
+            StoreError::HoldNotFound { .. } => "hold-not-found",
+            StoreError::HoldReleased(_) => "hold-already-released",
             StoreError::FileNotFound { .. } => "file-not-found",
             StoreError::BrokenLog(_) => "log-broken",
             StoreError::Blob(_) | StoreError::Meta(_) => "internal",
@@ -94,7 +108,9 @@ impl StoreError {
             StoreError::DigestMismatch { .. }
             | StoreError::DigestRequired
             | StoreError::BodyRead(_)
-            | StoreError::InvalidManifest(_) => ErrorClass::Invalid,
+            | StoreError::InvalidManifest(_)
+            | StoreError::RetentionChange(ChangeError::ReasonRequired) => ErrorClass::Invalid,
+            StoreError::RetentionChange(_) | StoreError::HoldReleased(_) => ErrorClass::Conflict,
             StoreError::UnknownClass { .. }
             | StoreError::MissingBlobs(_)
             | StoreError::ManifestBlobMismatch(_)
@@ -102,7 +118,8 @@ impl StoreError {
             StoreError::UploadNotFound(_)
             | StoreError::BlobNotFound(_)
             | StoreError::PackageNotFound(_)
-            | StoreError::FileNotFound { .. } => ErrorClass::NotFound,
+            | StoreError::FileNotFound { .. }
+            | StoreError::HoldNotFound { .. } => ErrorClass::NotFound,
             StoreError::OffsetMismatch { .. } => ErrorClass::Conflict,
             StoreError::TooLarge { .. } => ErrorClass::TooLarge,
             StoreError::RangeNotSatisfiable { .. } => ErrorClass::RangeNotSatisfiable,

@@ -11,8 +11,10 @@ mod engine;
 pub mod error;
 pub mod hashing;
 pub mod meta;
+mod retention;
 mod verify;
 
 pub use engine::{Limits, MAX_PAGE, Page, Store, StoreOptions, StoreStats, StoredBlob};
 pub use error::{ErrorClass, StoreError};
+pub use retention::SweepReport;
 pub use verify::{Finding, VerifyReport};

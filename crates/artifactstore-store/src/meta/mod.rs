@@ -82,6 +82,24 @@ pub struct PackageFile {
     pub media_type: Option<String>,
 }
 
+/// A row of the `holds` view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub hold_id: String,
+    pub reason: String,
+    pub applied_by: String,
+    pub applied_at: Timestamp,
+    pub released: Option<Release>,
+}
+
+/// How a hold ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Release {
+    pub by: String,
+    pub at: Timestamp,
+    pub reason: String,
+}
+
 /// Filters of a package listing; `None` means any.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PackageFilter {
@@ -136,6 +154,15 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug + 'static {
         package_id: &str,
         path: &str,
     ) -> Result<Option<PackageFile>, MetaError>;
+    /// Every hold of a package, active and released, in the order applied.
+    async fn holds(&self, package_id: &str) -> Result<Vec<Hold>, MetaError>;
+    /// The events whose subject is `subject` and whose type starts with
+    /// `type_prefix`, in seq order.
+    async fn events_of(
+        &self,
+        subject: &str,
+        type_prefix: &str,
+    ) -> Result<Vec<StoredEvent>, MetaError>;
 
     async fn session_insert(&self, session: &UploadSession) -> Result<(), MetaError>;
     async fn session_get(&self, id: &str) -> Result<Option<UploadSession>, MetaError>;
@@ -167,6 +194,18 @@ pub trait MetaTx: Send {
         draft: EventDraft,
         manifest: Option<&Manifest>,
     ) -> Result<Event, MetaError>;
+    /// A package read under this transaction's lock.
+    async fn package(&mut self, id: &str) -> Result<Option<PackageRecord>, MetaError>;
+    /// A hold read under this transaction's lock.
+    async fn hold(&mut self, package_id: &str, hold_id: &str) -> Result<Option<Hold>, MetaError>;
+    /// Up to `limit` packages whose expiry is at or before `now`, with no
+    /// active hold and not yet eligible: what a sweep marks. Served by an
+    /// index on expiry, so the work follows what changes, not the store size.
+    async fn due_for_eligibility(
+        &mut self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<PackageRecord>, MetaError>;
     /// Events after `after`, read inside this transaction.
     async fn events_after(&mut self, after: u64, limit: u32)
     -> Result<Vec<StoredEvent>, MetaError>;

@@ -19,8 +19,8 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
 use super::{
-    BlobRecord, MetaError, MetaTx, MetadataStore, PackageFile, PackageFilter, PackageRecord,
-    RetentionState, StoredEvent, UploadSession, ViewsDigest,
+    BlobRecord, Hold, MetaError, MetaTx, MetadataStore, PackageFile, PackageFilter, PackageRecord,
+    Release, RetentionState, StoredEvent, UploadSession, ViewsDigest,
 };
 
 /// Embedded migrations, applied in order, each once, in one transaction.
@@ -30,6 +30,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../../migrations/sqlite/0001_log_and_blobs.sql"),
     ),
     (2, include_str!("../../migrations/sqlite/0002_packages.sql")),
+    (3, include_str!("../../migrations/sqlite/0003_holds.sql")),
 ];
 
 const READERS: u32 = 8;
@@ -136,6 +137,68 @@ fn blob_record(row: &SqliteRow) -> Result<BlobRecord, MetaError> {
     })
 }
 
+fn hold_record(row: &SqliteRow) -> Result<Hold, MetaError> {
+    let released = match opt_ts_col(row, "released_at")? {
+        None => None,
+        Some(at) => Some(Release {
+            by: row
+                .try_get::<Option<String>, _>("released_by")?
+                .unwrap_or_default(),
+            at,
+            reason: row
+                .try_get::<Option<String>, _>("release_reason")?
+                .unwrap_or_default(),
+        }),
+    };
+    Ok(Hold {
+        hold_id: row.try_get("hold_id")?,
+        reason: row.try_get("reason")?,
+        applied_by: row.try_get("applied_by")?,
+        applied_at: ts_col(row, "applied_at")?,
+        released,
+    })
+}
+
+async fn find_package(
+    conn: &mut SqliteConnection,
+    id: &str,
+) -> Result<Option<PackageRecord>, MetaError> {
+    let sql = sqlx::AssertSqlSafe(format!("{PACKAGE_SELECT} WHERE p.id = ?"));
+    let row = sqlx::query(sql).bind(id).fetch_optional(conn).await?;
+    row.as_ref().map(package_record).transpose()
+}
+
+async fn find_hold(
+    conn: &mut SqliteConnection,
+    package_id: &str,
+    hold_id: &str,
+) -> Result<Option<Hold>, MetaError> {
+    let row = sqlx::query("SELECT * FROM holds WHERE package_id = ? AND hold_id = ?")
+        .bind(package_id)
+        .bind(hold_id)
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(hold_record).transpose()
+}
+
+/// Runs an UPDATE that must change exactly one row of a package's views.
+async fn update_one(
+    conn: &mut SqliteConnection,
+    event: &Event,
+    query: sqlx::query::Query<'_, Sqlite, sqlx::sqlite::SqliteArguments>,
+) -> Result<(), MetaError> {
+    let done = query.execute(conn).await?;
+    if done.rows_affected() != 1 {
+        return Err(MetaError::Corrupt(format!(
+            "{} at seq {} does not apply to the views of {}",
+            event.type_name(),
+            event.seq(),
+            event.subject()
+        )));
+    }
+    Ok(())
+}
+
 fn stored_event(row: &SqliteRow) -> Result<StoredEvent, MetaError> {
     Ok(StoredEvent {
         seq: u64_col(row, "seq")?,
@@ -212,6 +275,7 @@ const VIEWS: &[(&str, &str)] = &[
         "retention_state",
         "SELECT * FROM retention_state ORDER BY package_id",
     ),
+    ("holds", "SELECT * FROM holds ORDER BY package_id, hold_id"),
 ];
 
 /// A row as a canonical CBOR array of its column values, for hashing.
@@ -336,6 +400,60 @@ async fn apply(
                 .execute(&mut *conn)
                 .await?;
         }
+        EventData::RetentionExtended { new_expires_at, .. } => {
+            let q = sqlx::query(
+                "UPDATE retention_state SET current_expires_at = ?, eligible_for_deletion = 0 WHERE package_id = ?",
+            )
+            .bind(new_expires_at.to_string())
+            .bind(event.subject());
+            update_one(conn, event, q).await?;
+        }
+        EventData::RetentionHoldApplied { hold_id, reason } => {
+            sqlx::query(
+                "INSERT INTO holds (package_id, hold_id, reason, applied_by, applied_at, applied_seq) \
+                 VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(event.subject())
+            .bind(hold_id)
+            .bind(reason)
+            .bind(event.actor())
+            .bind(event.at().to_string())
+            .bind(i64_of(event.seq())?)
+            .execute(&mut *conn)
+            .await?;
+            let q = sqlx::query(
+                "UPDATE retention_state SET active_holds = active_holds + 1, eligible_for_deletion = 0 \
+                 WHERE package_id = ?",
+            )
+            .bind(event.subject());
+            update_one(conn, event, q).await?;
+        }
+        EventData::RetentionHoldReleased { hold_id, reason } => {
+            let q = sqlx::query(
+                "UPDATE holds SET released_by = ?, released_at = ?, release_reason = ?, released_seq = ? \
+                 WHERE package_id = ? AND hold_id = ? AND released_seq IS NULL",
+            )
+            .bind(event.actor())
+            .bind(event.at().to_string())
+            .bind(reason)
+            .bind(i64_of(event.seq())?)
+            .bind(event.subject())
+            .bind(hold_id);
+            update_one(conn, event, q).await?;
+            let q = sqlx::query(
+                "UPDATE retention_state SET active_holds = active_holds - 1 WHERE package_id = ? AND active_holds > 0",
+            )
+            .bind(event.subject());
+            update_one(conn, event, q).await?;
+        }
+        EventData::RetentionDeletionEligible { .. } => {
+            let q = sqlx::query(
+                "UPDATE retention_state SET eligible_for_deletion = 1, last_eligibility_seq = ? WHERE package_id = ?",
+            )
+            .bind(i64_of(event.seq())?)
+            .bind(event.subject());
+            update_one(conn, event, q).await?;
+        }
         other => {
             return Err(MetaError::Corrupt(format!(
                 "event type {} has no view in this version",
@@ -380,12 +498,33 @@ impl MetadataStore for SqliteMetadata {
     }
 
     async fn package(&self, id: &str) -> Result<Option<PackageRecord>, MetaError> {
-        let sql = sqlx::AssertSqlSafe(format!("{PACKAGE_SELECT} WHERE p.id = ?"));
-        let row = sqlx::query(sql)
-            .bind(id)
-            .fetch_optional(&self.reader)
+        let mut conn = self.reader.acquire().await?;
+        find_package(&mut conn, id).await
+    }
+
+    async fn holds(&self, package_id: &str) -> Result<Vec<Hold>, MetaError> {
+        let rows = sqlx::query("SELECT * FROM holds WHERE package_id = ? ORDER BY applied_seq")
+            .bind(package_id)
+            .fetch_all(&self.reader)
             .await?;
-        row.as_ref().map(package_record).transpose()
+        rows.iter().map(hold_record).collect()
+    }
+
+    async fn events_of(
+        &self,
+        subject: &str,
+        type_prefix: &str,
+    ) -> Result<Vec<StoredEvent>, MetaError> {
+        // GLOB, not LIKE: '_' in a prefix must be literal.
+        let pattern = format!("{}*", type_prefix.replace(['*', '?', '['], ""));
+        let rows = sqlx::query(
+            "SELECT seq, body, hash FROM events WHERE subject = ? AND type GLOB ? ORDER BY seq",
+        )
+        .bind(subject)
+        .bind(pattern)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(stored_event).collect()
     }
 
     async fn packages(
@@ -573,10 +712,37 @@ impl MetaTx for SqliteTx {
         rows.iter().map(stored_event).collect()
     }
 
+    async fn package(&mut self, id: &str) -> Result<Option<PackageRecord>, MetaError> {
+        find_package(&mut self.tx, id).await
+    }
+
+    async fn hold(&mut self, package_id: &str, hold_id: &str) -> Result<Option<Hold>, MetaError> {
+        find_hold(&mut self.tx, package_id, hold_id).await
+    }
+
+    async fn due_for_eligibility(
+        &mut self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<PackageRecord>, MetaError> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "{PACKAGE_SELECT} WHERE r.package_id IN (SELECT package_id FROM retention_state \
+             WHERE current_expires_at IS NOT NULL AND eligible_for_deletion = 0 \
+             AND current_expires_at <= ? AND active_holds = 0 ORDER BY current_expires_at LIMIT ?)"
+        ));
+        let rows = sqlx::query(sql)
+            .bind(now.to_string())
+            .bind(i64::from(limit))
+            .fetch_all(&mut *self.tx)
+            .await?;
+        rows.iter().map(package_record).collect()
+    }
+
     async fn reset_views(&mut self) -> Result<(), MetaError> {
         // Children before parents, for the foreign keys.
         for sql in [
             "DELETE FROM package_files",
+            "DELETE FROM holds",
             "DELETE FROM retention_state",
             "DELETE FROM packages",
             "DELETE FROM blobs",
