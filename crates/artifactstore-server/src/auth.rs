@@ -163,11 +163,18 @@ pub fn required_scope(method: &Method, route: &str) -> Option<Scope> {
         // An upload session is the uploader's: even its offset is `write`.
         "/uploads" | "/uploads/{id}" => Some(Scope::Write),
         "/blobs/{digest}" | "/packages" if writes => Some(Scope::Write),
+        "/packages/{id}/retention/extensions" => Some(Scope::Retention),
+        "/packages/{id}/retention/holds" | "/packages/{id}/retention/holds/{hold_id}/release" => {
+            Some(Scope::Hold)
+        }
         "/blobs/{digest}"
         | "/packages"
         | "/packages/{id}"
         | "/packages/{id}/manifest"
         | "/packages/{id}/files/{*path}"
+        | "/packages/{id}/retention"
+        | "/packages/{id}/retention/history"
+        | "/retention/classes"
         | "/events"
         | "/metrics" => Some(Scope::Read),
         _ => Some(Scope::Admin),

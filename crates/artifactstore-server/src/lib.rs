@@ -9,6 +9,7 @@ mod openapi;
 mod packages;
 pub mod problem;
 pub mod range;
+mod retention;
 mod routes;
 
 use axum::serve::ListenerExt;

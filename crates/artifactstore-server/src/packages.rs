@@ -1,10 +1,10 @@
 //! The package routes of the control plane (DESIGN.md §5), and the package
 //! file download of the data plane.
 
-use artifactstore_core::cbor::{self, Value};
+use artifactstore_core::cbor::{self, Map, Value};
 use artifactstore_core::jcs;
 use artifactstore_core::manifest::Manifest;
-use artifactstore_store::meta::{PackageFilter, PackageRecord};
+use artifactstore_store::meta::{PackageFilter, PackageRecord, RetentionState};
 use axum::body::{Body, Bytes};
 use axum::extract::{Extension, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -34,6 +34,42 @@ pub(crate) fn wants_cbor(headers: &HeaderMap) -> bool {
                     .is_some_and(|t| t.trim().eq_ignore_ascii_case(CBOR))
             })
         })
+}
+
+/// A control-plane request body: a JSON object, or a canonical CBOR map
+/// with `Content-Type: application/cbor`, read strictly; only the `allowed`
+/// keys may appear. Also says whether it was CBOR.
+pub(crate) async fn read_request(req: Request, allowed: &[&str]) -> Result<(Map, bool)> {
+    let (headers, body) = read_body(req).await?;
+    let is_cbor = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case(CBOR))
+        });
+    let request = if is_cbor {
+        cbor::decode(&body).map_err(|e| invalid(e.to_string()))?
+    } else {
+        let text = std::str::from_utf8(&body).map_err(|_| invalid("body is not UTF-8 JSON"))?;
+        jcs::parse_json(text).map_err(|e| invalid(e.to_string()))?
+    };
+    let Value::Map(fields) = request else {
+        return Err(invalid("body must be an object"));
+    };
+    if let Some((k, _)) = fields
+        .iter()
+        .find(|(k, _)| !k.as_text().is_some_and(|k| allowed.contains(&k)))
+    {
+        return Err(invalid(format!("unknown field {k:?}")));
+    }
+    Ok((fields, is_cbor))
+}
+
+/// [`read_request`] for bodies whose fields read the same in both forms.
+pub(crate) async fn read_request_map(req: Request, allowed: &[&str]) -> Result<Map> {
+    Ok(read_request(req, allowed).await?.0)
 }
 
 async fn read_body(req: Request) -> Result<(HeaderMap, Bytes)> {
@@ -70,29 +106,7 @@ pub(crate) async fn create(
     Extension(caller): Extension<Principal>,
     req: Request,
 ) -> Result<Response> {
-    let (headers, body) = read_body(req).await?;
-    let is_cbor = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| {
-            t.split(';')
-                .next()
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case(CBOR))
-        });
-    let request = if is_cbor {
-        cbor::decode(&body).map_err(|e| invalid(e.to_string()))?
-    } else {
-        let text = std::str::from_utf8(&body).map_err(|_| invalid("body is not UTF-8 JSON"))?;
-        jcs::parse_json(text).map_err(|e| invalid(e.to_string()))?
-    };
-    let fields = request
-        .as_map()
-        .ok_or_else(|| invalid("body must be an object"))?;
-    for (k, _) in fields.iter() {
-        if !matches!(k.as_text(), Some("manifest" | "retention_class")) {
-            return Err(invalid(format!("unknown field {k:?}")));
-        }
-    }
+    let (fields, is_cbor) = read_request(req, &["manifest", "retention_class"]).await?;
     let class = fields
         .get("retention_class")
         .and_then(Value::as_text)
@@ -194,13 +208,19 @@ impl From<&PackageRecord> for PackageBody {
             created_at: p.created_at.to_string(),
             created_seq: p.created_seq,
             created_by: p.created_by.clone(),
-            retention: RetentionBody {
-                class: r.class.clone(),
-                current_expires_at: r.current_expires_at.map(|t| t.to_string()),
-                active_holds: r.active_holds,
-                eligible_for_deletion: r.eligible_for_deletion,
-                last_eligibility_seq: r.last_eligibility_seq,
-            },
+            retention: RetentionBody::from(r),
+        }
+    }
+}
+
+impl From<&RetentionState> for RetentionBody {
+    fn from(r: &RetentionState) -> RetentionBody {
+        RetentionBody {
+            class: r.class.clone(),
+            current_expires_at: r.current_expires_at.map(|t| t.to_string()),
+            active_holds: r.active_holds,
+            eligible_for_deletion: r.eligible_for_deletion,
+            last_eligibility_seq: r.last_eligibility_seq,
         }
     }
 }

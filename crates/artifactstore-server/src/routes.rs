@@ -73,6 +73,24 @@ pub fn router(state: AppState) -> Router {
             "/packages/{id}/files/{*path}",
             get(crate::packages::file).head(crate::packages::file),
         )
+        .route("/packages/{id}/retention", get(crate::retention::state))
+        .route(
+            "/packages/{id}/retention/history",
+            get(crate::retention::history),
+        )
+        .route(
+            "/packages/{id}/retention/extensions",
+            post(crate::retention::extend),
+        )
+        .route(
+            "/packages/{id}/retention/holds",
+            post(crate::retention::hold),
+        )
+        .route(
+            "/packages/{id}/retention/holds/{hold_id}/release",
+            post(crate::retention::release),
+        )
+        .route("/retention/classes", get(crate::retention::classes))
         .route("/events", get(crate::events::events))
         .route("/metrics", get(crate::metrics::render))
         .route("/openapi.json", get(crate::openapi::openapi_json))

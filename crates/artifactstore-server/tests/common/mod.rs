@@ -28,6 +28,20 @@ pub fn routes() -> Vec<(Method, &'static str, Option<Scope>)> {
         (Method::GET, "/packages/{id}/manifest", Some(Read)),
         (Method::GET, "/packages/{id}/files/{path}", Some(Read)),
         (Method::HEAD, "/packages/{id}/files/{path}", Some(Read)),
+        (
+            Method::POST,
+            "/packages/{id}/retention/extensions",
+            Some(Retention),
+        ),
+        (Method::POST, "/packages/{id}/retention/holds", Some(Hold)),
+        (
+            Method::POST,
+            "/packages/{id}/retention/holds/{hold_id}/release",
+            Some(Hold),
+        ),
+        (Method::GET, "/packages/{id}/retention", Some(Read)),
+        (Method::GET, "/packages/{id}/retention/history", Some(Read)),
+        (Method::GET, "/retention/classes", Some(Read)),
         (Method::GET, "/events", Some(Read)),
         (Method::GET, "/metrics", Some(Read)),
     ]
@@ -42,6 +56,7 @@ pub fn concrete(template: &str) -> String {
         .replace("{id}", "01936f2e-0000-7000-8000-000000000000")
         .replace("{digest}", &digest)
         .replace("{path}", "a/b.txt")
+        .replace("{hold_id}", "01936f2e-0000-7000-8000-000000000001")
 }
 
 use std::sync::Arc;
