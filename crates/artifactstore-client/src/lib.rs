@@ -420,6 +420,68 @@ impl Client {
         Ok((manifest, id))
     }
 
+    /// `POST /packages/<id>/retention/extensions`; the new retention state.
+    pub async fn extend_retention(
+        &self,
+        id: &str,
+        until: &str,
+        reason: &str,
+    ) -> Result<serde_json::Value> {
+        let body = serde_json::json!({"new_expires_at": until, "reason": reason});
+        let req = self
+            .request(
+                Method::POST,
+                &format!("/packages/{id}/retention/extensions"),
+            )
+            .json(&body);
+        Ok(self.send(req).await?.json().await?)
+    }
+
+    /// `POST /packages/<id>/retention/holds`; the new hold.
+    pub async fn apply_hold(&self, id: &str, reason: &str) -> Result<serde_json::Value> {
+        let req = self
+            .request(Method::POST, &format!("/packages/{id}/retention/holds"))
+            .json(&serde_json::json!({"reason": reason}));
+        Ok(self.send(req).await?.json().await?)
+    }
+
+    /// `POST /packages/<id>/retention/holds/<hold>/release`; the released hold.
+    pub async fn release_hold(
+        &self,
+        id: &str,
+        hold: &str,
+        reason: &str,
+    ) -> Result<serde_json::Value> {
+        let req = self
+            .request(
+                Method::POST,
+                &format!(
+                    "/packages/{id}/retention/holds/{}/release",
+                    encode_segment(hold)
+                ),
+            )
+            .json(&serde_json::json!({"reason": reason}));
+        Ok(self.send(req).await?.json().await?)
+    }
+
+    /// `GET /packages/<id>/retention`: the state and the active holds.
+    pub async fn retention(&self, id: &str) -> Result<serde_json::Value> {
+        Ok(self
+            .send(self.request(Method::GET, &format!("/packages/{id}/retention")))
+            .await?
+            .json()
+            .await?)
+    }
+
+    /// `GET /packages/<id>/retention/history`: the retention events in order.
+    pub async fn retention_history(&self, id: &str) -> Result<Vec<serde_json::Value>> {
+        Ok(self
+            .send(self.request(Method::GET, &format!("/packages/{id}/retention/history")))
+            .await?
+            .json()
+            .await?)
+    }
+
     /// `GET /packages/<id>/files/<path>`: the raw response, to stream.
     pub async fn package_file(&self, id: &str, path: &str) -> Result<Response> {
         let encoded: Vec<String> = path.split('/').map(encode_segment).collect();

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use artifactstore_core::retention::{ClassRule, shipped_classes};
@@ -44,6 +45,8 @@ struct TokenSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RetentionSection {
+    /// How often `serve` sweeps for packages that became eligible.
+    sweep_interval: Option<String>,
     /// When present, replaces the shipped classes entirely.
     classes: Option<BTreeMap<String, ClassSection>>,
 }
@@ -132,6 +135,19 @@ pub(crate) struct Settings {
     pub(crate) limits: Limits,
     pub(crate) classes: BTreeMap<String, ClassRule>,
     pub(crate) auth: Auth,
+    pub(crate) sweep_interval: Duration,
+}
+
+/// The default of `[retention] sweep_interval`.
+const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// A humantime duration of at least one second (`30s`, `15m`, `1h`).
+fn interval(key: &str, text: &str) -> anyhow::Result<Duration> {
+    let d = humantime::parse_duration(text).map_err(|e| anyhow::anyhow!("{key} {text:?}: {e}"))?;
+    if d < Duration::from_secs(1) {
+        bail!("{key} {text:?}: must be at least 1s");
+    }
+    Ok(d)
 }
 
 impl Settings {
@@ -201,7 +217,12 @@ impl Settings {
                 .collect::<anyhow::Result<Vec<_>>>()?;
             Auth::tokens(entries).map_err(|e| anyhow::anyhow!("[[tokens]]: {e}"))?
         };
+        let sweep_interval = match &file.retention.sweep_interval {
+            Some(text) => interval("[retention] sweep_interval", text)?,
+            None => DEFAULT_SWEEP_INTERVAL,
+        };
         Ok(Settings {
+            sweep_interval,
             auth,
             classes,
             listen,
@@ -263,6 +284,20 @@ mod tests {
         assert_eq!(s.limits.max_blob_size, 64 << 30);
         assert_eq!(s.classes, shipped_classes());
         assert!(s.auth.is_open());
+        assert_eq!(s.sweep_interval, Duration::from_secs(3600));
+        let s = load(
+            "[retention]\nsweep_interval = \"30s\"\n",
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.sweep_interval, Duration::from_secs(30));
+        assert!(
+            load(
+                "[retention]\nsweep_interval = \"10ms\"\n",
+                Overrides::default()
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -1,6 +1,15 @@
 //! The `artifactstore` command (DESIGN.md §6). It parses flags and the
 //! config file, builds the engine, and hands over to the libraries.
 
+/// `println!` that hands back the write error instead of panicking: a
+/// closed pipe is how `… | head` says it has read enough.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
 mod config;
 mod remote;
 
@@ -44,6 +53,11 @@ enum Command {
         /// Also rehash every blob and compare both digests.
         #[arg(long)]
         deep: bool,
+    },
+    /// Retention: extensions, holds, history, and the eligibility sweep.
+    Retention {
+        #[command(subcommand)]
+        command: RetentionCommand,
     },
     /// Maintain the views derived from the event log.
     Views {
@@ -142,6 +156,52 @@ fn parse_chunk(s: &str) -> Result<u64, String> {
 }
 
 #[derive(Debug, Subcommand)]
+enum RetentionCommand {
+    /// Mark every package whose expiry has passed and that has no active
+    /// hold as eligible for deletion (what `serve` does every
+    /// `[retention] sweep_interval`). Works on the store directly.
+    Sweep {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Move a package's expiry strictly later.
+    Extend {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
+        /// The new expiry: RFC 3339 UTC with six fractional digits,
+        /// e.g. 2030-01-01T00:00:00.000000Z.
+        #[arg(long)]
+        until: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Apply a hold; prints its id.
+    Hold {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Release one hold.
+    Release {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
+        hold: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// The package's retention events, as JSON lines.
+    History {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ViewsCommand {
     /// Drop the views and derive them again from the log, in one
     /// transaction (writers wait; readers see the old views until it ends).
@@ -191,11 +251,19 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("artifactstore: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether an error comes from writing to a reader that went away.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -209,7 +277,37 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let settings = store.settings(None)?;
             let applied = open_store(&settings).await?.rebuild_views().await?;
-            println!("views rebuilt from {applied} events");
+            out!("views rebuilt from {applied} events")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Retention { command } => {
+            use remote::RetentionChange as C;
+            let (client, id, change) = match &command {
+                RetentionCommand::Sweep { store } => {
+                    let report = open_store(&store.settings(None)?).await?.sweep().await?;
+                    out!(
+                        "{} package(s) became eligible for deletion (evaluated at {})",
+                        report.marked,
+                        report.evaluated_at
+                    )?;
+                    return Ok(ExitCode::SUCCESS);
+                }
+                RetentionCommand::Extend {
+                    client,
+                    id,
+                    until,
+                    reason,
+                } => (client, id, C::Extend { until, reason }),
+                RetentionCommand::Hold { client, id, reason } => (client, id, C::Hold { reason }),
+                RetentionCommand::Release {
+                    client,
+                    id,
+                    hold,
+                    reason,
+                } => (client, id, C::Release { hold, reason }),
+                RetentionCommand::History { client, id } => (client, id, C::History),
+            };
+            remote::retention(&client.client(), id, change).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Push {
@@ -288,7 +386,7 @@ async fn verify(settings: &Settings, deep: bool) -> anyhow::Result<ExitCode> {
         .map_or("not compared (the log is broken)".to_owned(), |seq| {
             format!("compared with a replay up to seq {seq}")
         });
-    println!(
+    out!(
         "events: {} checked; views: {views}; blobs: {} checked{}",
         report.events_checked,
         report.blobs_checked,
@@ -297,12 +395,12 @@ async fn verify(settings: &Settings, deep: bool) -> anyhow::Result<ExitCode> {
         } else {
             String::new()
         }
-    );
+    )?;
     for finding in &report.findings {
-        println!("FAIL {finding}");
+        out!("FAIL {finding}")?;
     }
     if report.is_ok() {
-        println!("ok");
+        out!("ok")?;
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!(
@@ -328,16 +426,35 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     if settings.auth.is_open() {
         check_listen(&settings.listen)?;
     }
-    let store = open_store(&settings).await?;
+    let store = Arc::new(open_store(&settings).await?);
+    tokio::spawn(sweep_loop(store.clone(), settings.sweep_interval));
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("binding {}", settings.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(data_dir = %settings.data_dir.display(), "listening on http://{addr}");
-    let state = artifactstore_server::AppState::new(Arc::new(store), settings.auth.clone());
+    let state = artifactstore_server::AppState::new(store, settings.auth.clone());
     artifactstore_server::serve(listener, state, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The sweeper inside `serve`: once at start, then every `interval`.
+/// Several servers on one database may all run it; the engine records each
+/// transition once whoever sweeps.
+async fn sweep_loop(store: Arc<Store>, interval: std::time::Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match store.sweep().await {
+            Ok(r) if r.marked > 0 => tracing::info!(marked = r.marked, "retention sweep"),
+            Ok(_) => tracing::debug!("retention sweep: nothing became eligible"),
+            Err(e) => {
+                tracing::warn!(error = %e, "retention sweep failed; retrying at the next interval")
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -316,7 +316,7 @@ pub(crate) async fn push(client: &Client, dir: &Path, o: PushOptions) -> anyhow:
             distinct.len() - missing.len()
         );
     }
-    println!("{id}");
+    out!("{id}")?;
     Ok(())
 }
 
@@ -429,13 +429,18 @@ pub(crate) async fn ls(client: &Client, filters: &[(&str, String)]) -> anyhow::R
     loop {
         let (items, next) = client.packages(filters, cursor.as_deref()).await?;
         if cursor.is_none() {
-            println!(
+            out!(
                 "{:<36}  {:<24}  {:<17}  {:>6}  {:>12}  {:<27}  EXPIRES",
-                "ID", "NAME", "CLASS", "FILES", "BYTES", "CREATED"
-            );
+                "ID",
+                "NAME",
+                "CLASS",
+                "FILES",
+                "BYTES",
+                "CREATED"
+            )?;
         }
         for p in &items {
-            println!(
+            out!(
                 "{:<36}  {:<24}  {:<17}  {:>6}  {:>12}  {:<27}  {}",
                 p["id"].as_str().unwrap_or("?"),
                 p["name"].as_str().unwrap_or("?"),
@@ -446,7 +451,7 @@ pub(crate) async fn ls(client: &Client, filters: &[(&str, String)]) -> anyhow::R
                 p["retention"]["current_expires_at"]
                     .as_str()
                     .unwrap_or("never"),
-            );
+            )?;
         }
         match next {
             Some(n) => cursor = Some(n),
@@ -455,10 +460,53 @@ pub(crate) async fn ls(client: &Client, filters: &[(&str, String)]) -> anyhow::R
     }
 }
 
-/// `show ID`: the package with its retention state, as JSON.
+/// `show ID`: the package, its retention state and active holds, as JSON.
 pub(crate) async fn show(client: &Client, id: &str) -> anyhow::Result<()> {
-    let package = client.package(id).await?;
-    println!("{}", serde_json::to_string_pretty(&package)?);
+    let mut package = client.package(id).await?;
+    package["holds"] = client.retention(id).await?["holds"].take();
+    out!("{}", serde_json::to_string_pretty(&package)?)?;
+    Ok(())
+}
+
+/// The retention commands that talk to a server.
+pub(crate) enum RetentionChange<'a> {
+    Extend { until: &'a str, reason: &'a str },
+    Hold { reason: &'a str },
+    Release { hold: &'a str, reason: &'a str },
+    History,
+}
+
+/// `retention extend|hold|release|history`: JSON of the result on stdout
+/// (for `hold`, the new hold's id alone, so scripts can keep it).
+pub(crate) async fn retention(
+    client: &Client,
+    id: &str,
+    change: RetentionChange<'_>,
+) -> anyhow::Result<()> {
+    match change {
+        RetentionChange::Extend { until, reason } => {
+            let state = client.extend_retention(id, until, reason).await?;
+            out!("{}", serde_json::to_string_pretty(&state)?)?;
+        }
+        RetentionChange::Hold { reason } => {
+            let hold = client.apply_hold(id, reason).await?;
+            out!(
+                "{}",
+                hold["hold_id"]
+                    .as_str()
+                    .context("the server's answer has no hold id")?
+            )?;
+        }
+        RetentionChange::Release { hold, reason } => {
+            let released = client.release_hold(id, hold, reason).await?;
+            out!("{}", serde_json::to_string_pretty(&released)?)?;
+        }
+        RetentionChange::History => {
+            for event in client.retention_history(id).await? {
+                out!("{}", serde_json::to_string(&event)?)?;
+            }
+        }
+    }
     Ok(())
 }
 
@@ -468,7 +516,7 @@ pub(crate) async fn events(client: &Client, after: u64, follow: bool) -> anyhow:
         let mut stream = Box::pin(client.follow_events(after).await?);
         while let Some(item) = stream.next().await {
             let (_, json) = item?;
-            println!("{json}");
+            out!("{json}")?;
         }
         bail!("the server closed the event stream");
     }
@@ -479,7 +527,7 @@ pub(crate) async fn events(client: &Client, after: u64, follow: bool) -> anyhow:
             return Ok(());
         }
         for e in &events {
-            println!("{}", serde_json::to_string(e)?);
+            out!("{}", serde_json::to_string(e)?)?;
         }
         after = next;
     }

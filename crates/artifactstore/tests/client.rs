@@ -405,3 +405,39 @@ fn a_terminal_gets_progress_and_a_summary() {
         "{shown}"
     );
 }
+
+/// `artifactstore events | head -1`: the reader goes away early; the command
+/// stops quietly instead of panicking.
+#[test]
+fn a_closed_pipe_ends_output_quietly() {
+    let (tmp, data) = temp_dir();
+    let server = ServerProcess::start(&data, &[]);
+    let work = tmp.path();
+    make_tree(&work.join("run"));
+    for _ in 0..3 {
+        stdout(&run(
+            &server.base,
+            &["push", "run", "--name", "a/b", "--class", "scratch"],
+            work,
+        ));
+    }
+    let mut child = binary()
+        .args(["events"])
+        .env("ARTIFACTSTORE_URL", &server.base)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read one line, then close our end of the pipe.
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(first.contains("\"seq\":1"));
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(out.status.success(), "{err}");
+}
