@@ -354,3 +354,53 @@ async fn verify_and_rebuild_beside_a_running_server() {
         "{out}"
     );
 }
+
+/// The sweeper inside `serve` runs every `[retention] sweep_interval`: a
+/// package of a one-second class becomes eligible without anyone sweeping.
+#[tokio::test]
+async fn serve_sweeps_on_its_interval() {
+    let (tmp, data) = temp_dir();
+    let config = tmp.path().join("sweep.toml");
+    std::fs::write(
+        &config,
+        "[retention]\nsweep_interval = \"1s\"\n[retention.classes.blink]\ndefault = \"1s\"\n",
+    )
+    .unwrap();
+    let server = ServerProcess::start(&data, &["--config", config.to_str().unwrap()]);
+    let client = Client::new(&server.base);
+    let bytes = b"short-lived".to_vec();
+    let blob = BlobId::of(&bytes);
+    client.put_blob(&blob.sha256_digest(), bytes).await.unwrap();
+    let manifest = artifactstore_core::manifest::Manifest::new(
+        "ci/blink".into(),
+        vec![artifactstore_core::manifest::FileEntry {
+            path: "f".into(),
+            blob,
+            media_type: None,
+        }],
+        Default::default(),
+    )
+    .unwrap();
+    let id = client.create_package(&manifest, "blink").await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let state = client.retention(&id).await.unwrap();
+        if state["eligible_for_deletion"] == true {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "serve never swept: {state}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let history = client.retention_history(&id).await.unwrap();
+    assert_eq!(
+        history.last().unwrap()["type"],
+        "v1.retention.deletion_eligible"
+    );
+    assert_eq!(history.last().unwrap()["actor"], "sweeper");
+}
