@@ -3,7 +3,7 @@
 mod common;
 
 use artifactstore_client::reqwest::{self, StatusCode};
-use artifactstore_core::cbor::{self, Map, Value};
+use artifactstore_core::cbor::{Map, Value};
 use artifactstore_core::manifest::{FileEntry, Manifest};
 use artifactstore_core::{BlobId, jcs};
 use common::{TestServer as Server, problem};
@@ -226,7 +226,6 @@ async fn create_over_canonical_cbor() {
         .await
         .unwrap();
     problem(resp, StatusCode::BAD_REQUEST, "invalid-request").await;
-    let _ = cbor::decode(&body.to_canonical_bytes()).unwrap();
 }
 
 #[tokio::test]

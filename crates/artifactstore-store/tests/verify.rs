@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use artifactstore_core::BlobId;
 use artifactstore_core::manifest::{FileEntry, Manifest};
-use artifactstore_core::{BlobId, Digest};
 use artifactstore_store::blob::fs::FsBlobStore;
 use artifactstore_store::conformance::pattern;
-use artifactstore_store::meta::{PackageFilter, PackageRecord};
+use artifactstore_store::meta::{PackageFile, PackageFilter, PackageRecord};
 use artifactstore_store::{Finding, Store, StoreError, StoreOptions};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -95,7 +95,14 @@ async fn workload() -> Workload {
 }
 
 /// Everything a client can ask the views.
-async fn query_results(w: &Workload) -> (Vec<PackageRecord>, Vec<Option<BlobId>>, Vec<Vec<u8>>) {
+async fn query_results(
+    w: &Workload,
+) -> (
+    Vec<PackageRecord>,
+    Vec<Option<BlobId>>,
+    Vec<Vec<u8>>,
+    Vec<Option<PackageFile>>,
+) {
     let packages = w
         .store
         .packages(&PackageFilter::default(), 0, 1000)
@@ -107,16 +114,20 @@ async fn query_results(w: &Workload) -> (Vec<PackageRecord>, Vec<Option<BlobId>>
         blobs.push(w.store.blob(&b.blake3_digest()).await.ok().map(|r| r.blob));
     }
     let mut manifests = Vec::new();
+    let mut files = Vec::new();
     for id in &w.packages {
         manifests.push(w.store.manifest_bytes(id).await.unwrap().1);
-        let (file, _) = w
-            .store
-            .package_file(id, "f/1.bin")
-            .await
-            .map_or((None, ()), |(f, _)| (Some(f), ()));
-        let _ = file;
+        for i in 0..w.blobs.len() {
+            files.push(
+                w.store
+                    .package_file(id, &format!("f/{i}.bin"))
+                    .await
+                    .ok()
+                    .map(|(f, _)| f),
+            );
+        }
     }
-    (packages, blobs, manifests)
+    (packages, blobs, manifests, files)
 }
 
 async fn sql(root: &Path, statement: &str, binds: Vec<Vec<u8>>, seq: i64) {
@@ -321,5 +332,4 @@ async fn missing_and_corrupted_bytes_are_named() {
         text.contains(&corrupt.sha256_digest().to_string()),
         "{text}"
     );
-    let _: Digest = missing.sha256_digest();
 }
