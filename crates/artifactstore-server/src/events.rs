@@ -12,7 +12,7 @@ use artifactstore_core::event::Event;
 use artifactstore_core::jcs;
 use artifactstore_store::{MAX_PAGE, Store};
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::sse::{self, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
@@ -62,11 +62,7 @@ fn accepts(headers: &HeaderMap, media: &str) -> bool {
 
 fn corrupt(seq: u64, e: impl std::fmt::Display) -> Problem {
     tracing::error!(seq, error = %e, "stored event cannot be served");
-    Problem::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
-        "internal error; see the server log",
-    )
+    Problem::internal()
 }
 
 fn jcs_of(seq: u64, bytes: &[u8]) -> Result<(Event, String)> {

@@ -124,13 +124,8 @@ pub(crate) async fn create(
         .store
         .create_package(&manifest, class, &caller.subject)
         .await?;
-    let location = HeaderValue::from_str(&format!("/packages/{}", package.id)).map_err(|_| {
-        Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error",
-        )
-    })?;
+    let location = HeaderValue::from_str(&format!("/packages/{}", package.id))
+        .map_err(|_| Problem::internal())?;
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
@@ -317,11 +312,7 @@ pub(crate) async fn manifest(
     let manifest = Manifest::decode(&bytes).map_err(artifactstore_store::StoreError::from)?;
     let text = jcs::to_jcs(&manifest.to_value()).map_err(|e| {
         tracing::error!(error = %e, package = id, "manifest has no JCS projection");
-        Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error; see the server log",
-        )
+        Problem::internal()
     })?;
     Ok((
         [(header::CONTENT_TYPE, "application/json".to_owned())],

@@ -40,6 +40,15 @@ impl Problem {
             headers: Vec::new(),
         }
     }
+    /// A 500 that says nothing of the cause: the caller logs the cause,
+    /// with its context, before answering with this.
+    pub fn internal() -> Problem {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the server log",
+        )
+    }
     pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Problem {
         Problem::new(StatusCode::BAD_REQUEST, code, detail)
     }
@@ -95,11 +104,7 @@ impl From<StoreError> for Problem {
             ErrorClass::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorClass::Internal => {
                 tracing::error!(error = %e, "internal error");
-                return Problem::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error; see the server log",
-                );
+                return Problem::internal();
             }
         };
         let mut p = Problem::new(status, e.code(), e.to_string());

@@ -195,11 +195,7 @@ pub(crate) async fn history(
                 .map(|ev| ev.to_value())
                 .map_err(|err| {
                     tracing::error!(seq = e.seq, error = %err, "stored event cannot be served");
-                    Problem::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal",
-                        "internal error; see the server log",
-                    )
+                    Problem::internal()
                 })
         })
         .collect::<Result<Vec<Value>>>()?;
@@ -213,11 +209,7 @@ pub(crate) async fn history(
     }
     let text = jcs::to_jcs(&all).map_err(|e| {
         tracing::error!(error = %e, "history has no JCS projection");
-        Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error; see the server log",
-        )
+        Problem::internal()
     })?;
     Ok(([(header::CONTENT_TYPE, "application/json")], text).into_response())
 }

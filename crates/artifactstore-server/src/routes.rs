@@ -369,13 +369,8 @@ pub(crate) async fn create_upload(
     Extension(caller): Extension<Principal>,
 ) -> Result<Response> {
     let id = app.store.create_upload(&caller.subject).await?;
-    let location = HeaderValue::from_str(&format!("/uploads/{id}")).map_err(|_| {
-        Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error",
-        )
-    })?;
+    let location =
+        HeaderValue::from_str(&format!("/uploads/{id}")).map_err(|_| Problem::internal())?;
     Ok((
         StatusCode::ACCEPTED,
         [(header::LOCATION, location)],
