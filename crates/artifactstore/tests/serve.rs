@@ -404,3 +404,75 @@ async fn serve_sweeps_on_its_interval() {
     );
     assert_eq!(history.last().unwrap()["actor"], "sweeper");
 }
+
+/// Two `serve` processes on one store, each sweeping every second, and
+/// `retention sweep` commands run beside them at the same moment: every
+/// package becomes eligible exactly once.
+#[tokio::test]
+async fn sweepers_in_several_processes_record_each_transition_once() {
+    const PACKAGES: usize = 60;
+    let (tmp, data) = temp_dir();
+    let config = tmp.path().join("sweep.toml");
+    std::fs::write(
+        &config,
+        "[retention]\nsweep_interval = \"1s\"\n[retention.classes.blink]\ndefault = \"2s\"\n",
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let a = ServerProcess::start(&data, &["--config", cfg]);
+    let b = ServerProcess::start(&data, &["--config", cfg]);
+    let (ca, cb) = (Client::new(&a.base), Client::new(&b.base));
+    let manifest =
+        artifactstore_core::manifest::Manifest::new("ci/blink".into(), vec![], Default::default())
+            .unwrap();
+    for i in 0..PACKAGES {
+        let client = if i % 2 == 0 { &ca } else { &cb };
+        client.create_package(&manifest, "blink").await.unwrap();
+    }
+    // Four more sweepers as separate processes, started together while the
+    // two servers keep sweeping.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let sweeps: Vec<_> = (0..4)
+        .map(|_| {
+            binary()
+                .args(["retention", "sweep", "--config", cfg, "--data-dir"])
+                .arg(&data)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut s in sweeps {
+        assert!(s.wait().unwrap().success());
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let count_eligible = || async {
+        let mut n = 0;
+        let mut after = 0;
+        loop {
+            let (page, next) = cb.events_page(after, 1000).await.unwrap();
+            if page.is_empty() {
+                return n;
+            }
+            n += page
+                .iter()
+                .filter(|e| e["type"] == "v1.retention.deletion_eligible")
+                .count();
+            after = next;
+        }
+    };
+    while count_eligible().await < PACKAGES {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every package became eligible"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // Let the servers sweep a few more times: nothing may be recorded twice.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(
+        count_eligible().await,
+        PACKAGES,
+        "exactly one event per package"
+    );
+}
