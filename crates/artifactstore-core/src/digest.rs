@@ -144,11 +144,46 @@ impl BlobId {
     /// Computes both digests of an in-memory byte string. The engine's
     /// streaming ingest computes the same values on separate threads.
     pub fn of(bytes: &[u8]) -> BlobId {
+        let mut h = BlobHasher::new();
+        h.update(bytes);
+        h.finish()
+    }
+}
+
+/// Both digests and the size of bytes fed in pieces, on the calling thread
+/// (the client's hashing; the server's ingest spreads the same work over
+/// two threads).
+#[derive(Clone, Default)]
+pub struct BlobHasher {
+    sha256: sha2::Sha256,
+    blake3: blake3::Hasher,
+    size: u64,
+}
+
+impl fmt::Debug for BlobHasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlobHasher")
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BlobHasher {
+    pub fn new() -> BlobHasher {
+        BlobHasher::default()
+    }
+    pub fn update(&mut self, bytes: &[u8]) {
+        use sha2::Digest as _;
+        self.sha256.update(bytes);
+        self.blake3.update(bytes);
+        self.size += bytes.len() as u64;
+    }
+    pub fn finish(self) -> BlobId {
         use sha2::Digest as _;
         BlobId {
-            sha256: sha2::Sha256::digest(bytes).into(),
-            blake3: *blake3::hash(bytes).as_bytes(),
-            size: bytes.len() as u64,
+            sha256: self.sha256.finalize().into(),
+            blake3: *self.blake3.finalize().as_bytes(),
+            size: self.size,
         }
     }
 }
@@ -206,6 +241,23 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn hashing_in_pieces_equals_hashing_at_once(
+            data in proptest::collection::vec(any::<u8>(), 0..5000),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let (a, b) = data.split_at(cut.index(data.len() + 1));
+            let mut h = BlobHasher::new();
+            h.update(a);
+            h.update(b);
+            use sha2::Digest as _;
+            prop_assert_eq!(h.finish(), BlobId {
+                sha256: sha2::Sha256::digest(&data).into(),
+                blake3: *blake3::hash(&data).as_bytes(),
+                size: data.len() as u64,
+            });
+        }
+
         #[test]
         fn display_then_parse_round_trips(bytes in any::<[u8; 32]>(), blake in any::<bool>()) {
             let algorithm = if blake { Algorithm::Blake3 } else { Algorithm::Sha256 };

@@ -17,5 +17,5 @@ pub mod manifest;
 pub mod retention;
 pub mod time;
 
-pub use digest::{Algorithm, BlobId, Digest, DigestError};
+pub use digest::{Algorithm, BlobHasher, BlobId, Digest, DigestError};
 pub use time::Timestamp;

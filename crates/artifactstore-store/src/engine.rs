@@ -626,20 +626,14 @@ impl Store {
     ) -> Result<StoredBlob> {
         let blob = state.finish();
         if let Some(d) = declared.iter().find(|d| !blob.matches(d)) {
-            self.discard_staging(id).await;
-            if session {
-                self.meta.session_delete(id).await?;
-            }
+            self.end_staging(id, session).await?;
             return Err(StoreError::DigestMismatch {
                 declared: *d,
                 actual: blob.digest(d.algorithm()),
             });
         }
         if let Some(record) = self.meta.blob(&blob.sha256_digest()).await? {
-            self.discard_staging(id).await;
-            if session {
-                self.meta.session_delete(id).await?;
-            }
+            self.end_staging(id, session).await?;
             return Ok(StoredBlob {
                 record,
                 created: false,
@@ -693,6 +687,16 @@ impl Store {
             at: self.clock.now(),
             data,
         }
+    }
+
+    /// Drops staged bytes that will not become a blob, and the upload
+    /// session they belonged to, if any.
+    async fn end_staging(&self, id: &str, session: bool) -> Result<()> {
+        self.discard_staging(id).await;
+        if session {
+            self.meta.session_delete(id).await?;
+        }
+        Ok(())
     }
 
     async fn discard_staging(&self, id: &str) {

@@ -9,7 +9,7 @@ use artifactstore_core::retention::{becomes_eligible, check_extension, check_rea
 
 use crate::engine::Store;
 use crate::error::{Result, StoreError};
-use crate::meta::{Hold, MetaTx, PackageRecord, StoredEvent};
+use crate::meta::{Hold, MetaTx, PackageRecord, Release, StoredEvent};
 
 /// Packages marked per sweep transaction: bounds how long one transaction
 /// holds the write lock.
@@ -107,7 +107,14 @@ impl Store {
         let event = tx.append(self.draft(id, actor, data), None).await?;
         tx.commit().await?;
         self.published(event.seq(), 1);
-        current_hold(self, id, hold_id).await
+        Ok(Hold {
+            released: Some(Release {
+                by: actor.to_owned(),
+                at: event.at(),
+                reason: reason.to_owned(),
+            }),
+            ..hold
+        })
     }
 
     /// The package's retention state and its active holds.
@@ -175,18 +182,4 @@ impl Store {
             }
         }
     }
-}
-
-/// A hold as the views now show it.
-async fn current_hold(store: &Store, id: &str, hold_id: &str) -> Result<Hold> {
-    store
-        .meta
-        .holds(id)
-        .await?
-        .into_iter()
-        .find(|h| h.hold_id == hold_id)
-        .ok_or_else(|| StoreError::HoldNotFound {
-            package: id.to_owned(),
-            hold: hold_id.to_owned(),
-        })
 }

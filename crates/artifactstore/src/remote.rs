@@ -11,12 +11,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use artifactstore_client::reqwest::Body;
 use artifactstore_client::{Client, ClientError};
-use artifactstore_core::BlobId;
 use artifactstore_core::manifest::{FileEntry, Manifest, validate_path};
+use artifactstore_core::{BlobHasher, BlobId};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
-use sha2::Digest as _;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 /// Attempts per request before a transfer gives up (transport errors and
@@ -101,7 +100,7 @@ async fn hash_file(abs: PathBuf, progress: ProgressBar) -> anyhow::Result<BlobId
         use std::io::Read;
         let mut file =
             std::fs::File::open(&abs).with_context(|| format!("opening {}", abs.display()))?;
-        let (mut sha, mut b3, mut size) = (sha2::Sha256::new(), blake3::Hasher::new(), 0u64);
+        let mut hasher = BlobHasher::new();
         let mut buf = vec![0u8; READ_CHUNK];
         loop {
             let n = file
@@ -110,16 +109,10 @@ async fn hash_file(abs: PathBuf, progress: ProgressBar) -> anyhow::Result<BlobId
             if n == 0 {
                 break;
             }
-            sha.update(&buf[..n]);
-            b3.update(&buf[..n]);
-            size += n as u64;
+            hasher.update(&buf[..n]);
             progress.inc(n as u64);
         }
-        Ok(BlobId {
-            sha256: sha.finalize().into(),
-            blake3: *b3.finalize().as_bytes(),
-            size,
-        })
+        Ok(hasher.finish())
     })
     .await?
 }
@@ -394,22 +387,16 @@ async fn download(
     let mut out = tokio::fs::File::create(&target)
         .await
         .with_context(|| format!("creating {}", target.display()))?;
-    let (mut sha, mut b3, mut size) = (sha2::Sha256::new(), blake3::Hasher::new(), 0u64);
+    let mut hasher = BlobHasher::new();
     let mut body = resp.bytes_stream();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.with_context(|| format!("downloading {}", f.path))?;
-        sha.update(&chunk);
-        b3.update(&chunk);
-        size += chunk.len() as u64;
+        hasher.update(&chunk);
         out.write_all(&chunk).await?;
         progress.inc(chunk.len() as u64);
     }
     out.sync_all().await?;
-    let got = BlobId {
-        sha256: sha.finalize().into(),
-        blake3: *b3.finalize().as_bytes(),
-        size,
-    };
+    let got = hasher.finish();
     if got != f.blob {
         bail!(
             "{}: received bytes do not match the manifest (got {}, {} bytes; expected {}, {} bytes)",
