@@ -125,6 +125,19 @@ pub fn becomes_eligible(
     !eligible && active_holds == 0 && expires_at.is_some_and(|e| e <= now)
 }
 
+/// Whether the collector may delete a package at `now`: the sweeper marked
+/// it eligible, its expiry has passed and no hold is active. The collector
+/// asks this of state read inside its deleting transaction, so a hold or an
+/// extension that commits first always wins.
+pub fn collectable(
+    expires_at: Option<Timestamp>,
+    active_holds: u64,
+    eligible: bool,
+    now: Timestamp,
+) -> bool {
+    eligible && active_holds == 0 && expires_at.is_some_and(|e| e <= now)
+}
+
 /// The classes shipped when the config defines none: `scratch` 7d,
 /// `build-output` 90d, `release-evidence` 3y, `permanent-record` permanent.
 pub fn shipped_classes() -> BTreeMap<String, ClassRule> {
@@ -257,6 +270,21 @@ mod tests {
             "already eligible: one event per transition"
         );
         assert!(!becomes_eligible(None, 0, false, t), "permanent");
+    }
+
+    #[test]
+    fn collection_rules() {
+        let t = ts("2026-11-28T11:15:20.123456Z");
+        let before = ts("2026-11-28T11:15:20.123455Z");
+        assert!(collectable(Some(before), 0, true, t));
+        assert!(collectable(Some(t), 0, true, t), "expiry reached exactly");
+        assert!(!collectable(Some(before), 0, false, t), "never marked");
+        assert!(!collectable(Some(before), 1, true, t), "a hold wins");
+        assert!(
+            !collectable(Some(t), 0, true, before),
+            "extended past now (or a clock that went back)"
+        );
+        assert!(!collectable(None, 0, true, t), "permanent");
     }
 
     proptest! {

@@ -52,6 +52,7 @@ where
     committing_the_same_blob_twice(&*make().await).await;
     empty_blob(&*make().await).await;
     missing_objects(&*make().await).await;
+    listing_trash_and_deletion(&*make().await).await;
     make().await.ping().await.expect("ping");
 }
 
@@ -188,6 +189,79 @@ async fn missing_objects(b: &dyn BlobBackend) {
     ));
 }
 
+async fn commit_bytes(b: &dyn BlobBackend, id: &str, data: &[u8]) -> String {
+    stage(b, id, data, 4096).await;
+    b.staging_commit(id, &BlobId::of(data))
+        .await
+        .expect("commit")
+}
+
+/// What the collector needs: listing, two-phase deletion, outright deletion.
+async fn listing_trash_and_deletion(b: &dyn BlobBackend) {
+    let data: Vec<Vec<u8>> = (0..3).map(|i| pattern(1000 + i, 20 + i as u8)).collect();
+    let mut locs = Vec::new();
+    for (i, d) in data.iter().enumerate() {
+        locs.push(commit_bytes(b, &format!("s-list-{i}"), d).await);
+    }
+    let mut sorted = locs.clone();
+    sorted.sort();
+    assert_eq!(b.list_after("", 100).await.expect("list"), sorted);
+    assert_eq!(
+        b.list_after(&sorted[0], 100).await.expect("list"),
+        sorted[1..]
+    );
+    assert_eq!(b.list_after("", 1).await.expect("list"), sorted[..1]);
+    assert!(
+        b.list_after(&sorted[2], 100)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+
+    stage(b, "s-open-1", b"x", 1).await;
+    stage(b, "s-open-2", b"y", 1).await;
+    let staged = b.staging_list().await.expect("staging list");
+    assert!(staged.contains(&"s-open-1".to_owned()) && staged.contains(&"s-open-2".to_owned()));
+
+    // Trash, then the same bytes committed again, then purge: the new copy stays.
+    b.trash(&locs[0], 7).await.expect("trash");
+    assert!(matches!(
+        b.read(&locs[0], None).await,
+        Err(BlobError::NotFound(_))
+    ));
+    let t0 = crate::blob::Trashed {
+        location: locs[0].clone(),
+        stored_seq: 7,
+    };
+    assert_eq!(
+        b.trash_list().await.expect("trash list"),
+        std::slice::from_ref(&t0)
+    );
+    let again = commit_bytes(b, "s-list-again", &data[0]).await;
+    b.trash_purge(&t0).await.expect("purge");
+    assert!(b.trash_list().await.expect("trash list").is_empty());
+    assert!(collect(b.read(&again, None).await.expect("read")).await == data[0]);
+
+    // Trash, then restore: as before.
+    b.trash(&locs[1], 9).await.expect("trash");
+    let t1 = crate::blob::Trashed {
+        location: locs[1].clone(),
+        stored_seq: 9,
+    };
+    b.trash_restore(&t1).await.expect("restore");
+    assert!(b.trash_list().await.expect("trash list").is_empty());
+    assert!(collect(b.read(&locs[1], None).await.expect("read")).await == data[1]);
+
+    b.delete(&locs[2]).await.expect("delete");
+    assert_eq!(b.stat(&locs[2]).await.expect("stat"), None);
+    b.delete(&locs[2])
+        .await
+        .expect("deleting a missing blob is fine");
+    b.trash(&locs[2], 1)
+        .await
+        .expect("trashing a missing blob is fine");
+}
+
 fn blob_stored(n: u64) -> EventDraft {
     let blob = BlobId::of(&n.to_be_bytes());
     EventDraft {
@@ -216,6 +290,8 @@ where
     package_views(&*make().await).await;
     package_needs_its_own_manifest(&*make().await).await;
     sessions(&*make().await).await;
+    collection_views(&*make().await).await;
+    leader_lock_and_session_ages(&*make().await).await;
     make().await.ping().await.expect("ping");
 }
 
@@ -485,4 +561,237 @@ async fn sessions(m: &dyn MetadataStore) {
     tx.session_delete(&s.id).await.expect("tx delete");
     tx.commit().await.expect("commit");
     assert_eq!(m.session_get(&s.id).await.expect("get"), None);
+}
+
+fn event(n: u8, subject: &str, at: Timestamp, data: EventData) -> EventDraft {
+    EventDraft {
+        id: format!("01936f2e-0000-7000-8001-0000000000{n:02x}"),
+        subject: subject.into(),
+        actor: "conformance".into(),
+        at,
+        data,
+    }
+}
+
+/// The collector's reads and the views of deletion events.
+async fn collection_views(m: &dyn MetadataStore) {
+    let manifest = sample_manifest("team/app");
+    let manifest_blob = BlobId::of(&manifest.to_canonical_bytes());
+    let (one, xml, loose) = (
+        BlobId::of(b"a/one.txt"),
+        BlobId::of(b"b.xml"),
+        BlobId::of(b"loose"),
+    );
+    let t =
+        |s: i64| Timestamp::from_unix_micros(1_800_000_000_000_000 + s * 1_000_000).expect("ts");
+    let expires = t(100);
+    let mut tx = m.begin().await.expect("begin");
+    let mut n = 0u8;
+    let mut next = |subject: &str, at, data| {
+        n += 1;
+        event(n, subject, at, data)
+    };
+    for (b, loc) in [
+        (one, "l-one"),
+        (xml, "l-xml"),
+        (manifest_blob, "l-man"),
+        (loose, "l-loose"),
+    ] {
+        let data = EventData::BlobStored {
+            blob: b,
+            location: loc.into(),
+        };
+        tx.append(next("blob", t(0), data), None)
+            .await
+            .expect("blob");
+    }
+    for id in ["pkg-1", "pkg-2"] {
+        let [created, default] = package_events(id, &manifest, "scratch", Some(expires));
+        tx.append(created, Some(&manifest)).await.expect("created");
+        tx.append(default, None).await.expect("default");
+    }
+    assert!(
+        tx.collectable_packages(t(200), 10)
+            .await
+            .expect("q")
+            .is_empty(),
+        "not marked"
+    );
+    let eligible = |n| EventData::RetentionDeletionEligible {
+        expires_at: expires,
+        evaluated_at: t(n),
+    };
+    tx.append(next("pkg-1", t(150), eligible(150)), None)
+        .await
+        .expect("eligible");
+    assert!(
+        tx.collectable_packages(t(50), 10)
+            .await
+            .expect("q")
+            .is_empty(),
+        "not expired at 50"
+    );
+    let due = tx.collectable_packages(t(200), 10).await.expect("q");
+    assert_eq!(
+        due.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+        ["pkg-1"]
+    );
+    assert_eq!(
+        tx.exclusive_bytes("pkg-1").await.expect("bytes"),
+        0,
+        "pkg-2 shares every file"
+    );
+
+    let unreferenced =
+        |v: Vec<crate::meta::BlobRecord>| v.into_iter().map(|r| r.blob).collect::<Vec<_>>();
+    let all = tx.unreferenced_blobs(t(10), &[0; 32], 10).await.expect("q");
+    assert_eq!(
+        unreferenced(all),
+        [loose],
+        "files and manifests are referenced"
+    );
+    assert!(
+        tx.unreferenced_blobs(t(-1), &[0; 32], 10)
+            .await
+            .expect("q")
+            .is_empty(),
+        "within grace"
+    );
+    assert!(
+        tx.unreferenced_blobs(t(10), &loose.sha256, 10)
+            .await
+            .expect("q")
+            .is_empty(),
+        "after the last"
+    );
+
+    let deleted = |bytes| EventData::PackageDeleted {
+        reason: "retention expired".into(),
+        bytes_freed: bytes,
+    };
+    let e = tx
+        .append(next("pkg-1", t(300), deleted(0)), None)
+        .await
+        .expect("deleted");
+    let err = tx
+        .append(next("pkg-1", t(301), deleted(0)), None)
+        .await
+        .expect_err("twice");
+    assert!(matches!(err, MetaError::Corrupt(_)), "{err:?}");
+    tx.append(next("pkg-2", t(302), eligible(302)), None)
+        .await
+        .expect("eligible");
+    assert_eq!(
+        tx.exclusive_bytes("pkg-2").await.expect("bytes"),
+        one.size + xml.size
+    );
+    tx.append(next("pkg-2", t(303), deleted(one.size + xml.size)), None)
+        .await
+        .expect("deleted");
+    let mut all = unreferenced(tx.unreferenced_blobs(t(10), &[0; 32], 10).await.expect("q"));
+    all.sort_by_key(|b| b.sha256);
+    let mut want = vec![one, xml, loose];
+    want.sort_by_key(|b| b.sha256);
+    assert_eq!(
+        all, want,
+        "the manifest of a deleted package stays referenced"
+    );
+
+    assert_eq!(
+        tx.blob_at("l-loose").await.expect("q").map(|r| r.blob),
+        Some(loose)
+    );
+    assert!(tx.blob_at("l-none").await.expect("q").is_none());
+    let asked = [
+        "l-one".to_owned(),
+        "l-none".to_owned(),
+        "l-loose".to_owned(),
+    ];
+    let known = tx.known_locations(&asked).await.expect("q");
+    assert_eq!(
+        known,
+        ["l-one".to_owned(), "l-loose".to_owned()]
+            .into_iter()
+            .collect()
+    );
+    assert!(tx.known_locations(&[]).await.expect("q").is_empty());
+    tx.append(
+        next(
+            &loose.sha256_digest().to_string(),
+            t(400),
+            EventData::BlobDeleted { blob: loose },
+        ),
+        None,
+    )
+    .await
+    .expect("blob deleted");
+    assert!(tx.blob_at("l-loose").await.expect("q").is_none());
+    let err = tx
+        .append(
+            next("x", t(401), EventData::BlobDeleted { blob: loose }),
+            None,
+        )
+        .await
+        .expect_err("a blob that is not stored");
+    assert!(matches!(err, MetaError::Corrupt(_)), "{err:?}");
+    tx.commit().await.expect("commit");
+
+    let p = m.package("pkg-1").await.expect("package").expect("row");
+    let d = p.retention.deleted.expect("deleted");
+    assert_eq!(
+        (d.seq, d.at, d.reason.as_str(), d.bytes_freed),
+        (e.seq(), t(300), "retention expired", 0)
+    );
+    assert_eq!(p.manifest_sha256, manifest_blob.sha256, "metadata remains");
+    assert!(
+        m.package_file("pkg-1", "b.xml")
+            .await
+            .expect("file")
+            .is_none()
+    );
+    assert_eq!(m.holds("pkg-1").await.expect("holds"), []);
+    let mut tx = m.begin().await.expect("begin");
+    assert!(
+        tx.collectable_packages(t(1000), 10)
+            .await
+            .expect("q")
+            .is_empty()
+    );
+}
+
+/// One leader per role and database, free again once dropped.
+async fn leader_lock_and_session_ages(m: &dyn MetadataStore) {
+    let first = m.try_lead("collector").await.expect("lead");
+    assert!(first.is_some());
+    assert!(
+        m.try_lead("collector").await.expect("lead").is_none(),
+        "held"
+    );
+    assert!(
+        m.try_lead("other-role").await.expect("lead").is_some(),
+        "roles are independent"
+    );
+    drop(first);
+    assert!(
+        m.try_lead("collector").await.expect("lead").is_some(),
+        "released"
+    );
+
+    let at =
+        |s: i64| Timestamp::from_unix_micros(1_800_000_000_000_000 + s * 1_000_000).expect("ts");
+    for (id, s) in [("old", 0), ("new", 10)] {
+        let session = UploadSession {
+            id: id.into(),
+            created_at: at(s),
+            actor: "ci".into(),
+        };
+        m.session_insert(&session).await.expect("insert");
+    }
+    let ids = |v: Vec<UploadSession>| v.into_iter().map(|s| s.id).collect::<Vec<_>>();
+    assert_eq!(ids(m.sessions_before(at(5), 10).await.expect("q")), ["old"]);
+    assert_eq!(
+        ids(m.sessions_before(at(11), 10).await.expect("q")),
+        ["old", "new"]
+    );
+    assert_eq!(ids(m.sessions_before(at(11), 1).await.expect("q")), ["old"]);
 }

@@ -19,14 +19,14 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use crate::blob::fs::FsBlobStore;
-use crate::blob::{BlobBackend, ByteStream};
+use crate::blob::{BlobBackend, BlobError, ByteStream};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Result, StoreError};
 use crate::hashing::HashState;
 use crate::meta::sqlite::SqliteMetadata;
 use crate::meta::{
-    BlobRecord, MetaError, MetadataStore, PackageFile, PackageFilter, PackageRecord, StoredEvent,
-    UploadSession,
+    BlobRecord, MetaError, MetaTx, MetadataStore, PackageFile, PackageFilter, PackageRecord,
+    StoredEvent, UploadSession,
 };
 
 /// Operator limits the engine enforces.
@@ -316,18 +316,81 @@ impl Store {
         }
         refs.verdict(&found)?;
 
-        let bytes = manifest.to_canonical_bytes();
+        let bytes = Bytes::from(manifest.to_canonical_bytes());
         let manifest_id = BlobId::of(&bytes);
-        let body = futures::stream::once(async move { Ok(Bytes::from(bytes)) }).boxed();
-        self.put_blob(
-            &[manifest_id.sha256_digest()],
-            Some(manifest_id.size),
-            body,
-            actor,
-        )
-        .await?;
+        // Until a package references it, a manifest is an unreferenced blob
+        // like any other, so it is stored in the package's own transaction:
+        // a collector cannot take it in between. Its bytes are staged first,
+        // outside the lock, unless it is stored already.
+        let mut staged = None;
+        if self
+            .meta
+            .blob(&manifest_id.sha256_digest())
+            .await?
+            .is_none()
+        {
+            staged = Some(self.stage_bytes(bytes.clone()).await?);
+        }
+        let result = self
+            .commit_package(
+                manifest,
+                &manifest_id,
+                class,
+                &rule,
+                &refs,
+                &bytes,
+                &mut staged,
+                actor,
+            )
+            .await;
+        if let Some(id) = staged {
+            self.discard_staging(&id).await;
+        }
+        result
+    }
 
-        let mut tx = self.meta.begin().await?;
+    /// Writes bytes whose digests are already known to a new staging object.
+    async fn stage_bytes(&self, bytes: Bytes) -> Result<String> {
+        let id = self.new_id();
+        self.blobs.staging_create(&id).await?;
+        let written = async {
+            let mut w = self.blobs.staging_append(&id).await?;
+            w.write(bytes).await?;
+            w.finish().await
+        }
+        .await;
+        if let Err(e) = written {
+            self.discard_staging(&id).await;
+            return Err(e.into());
+        }
+        Ok(id)
+    }
+
+    /// The transaction of `create_package`. `staged` holds the manifest's
+    /// staged bytes, if any; it is emptied when they become the blob. If the
+    /// manifest turns out to be missing under the lock (collected since the
+    /// early look), its bytes are staged and the transaction taken again.
+    #[allow(clippy::too_many_arguments)]
+    async fn commit_package(
+        &self,
+        manifest: &Manifest,
+        manifest_id: &BlobId,
+        class: &str,
+        rule: &ClassRule,
+        refs: &References<'_>,
+        bytes: &Bytes,
+        staged: &mut Option<String>,
+        actor: &str,
+    ) -> Result<PackageRecord> {
+        let mut tx = loop {
+            let mut tx = self.meta.begin().await?;
+            let present = tx.blob(&manifest_id.sha256_digest()).await?.is_some();
+            if present || staged.is_some() {
+                break tx;
+            }
+            drop(tx);
+            *staged = Some(self.stage_bytes(bytes.clone()).await?);
+        };
         let mut found = Vec::with_capacity(refs.wanted.len());
         for d in refs.digests() {
             found.push(tx.blob(&d).await?);
@@ -357,10 +420,18 @@ impl Store {
             id: self.new_id(),
             ..created.clone()
         };
+        let mut appended = 2;
+        if let Some(id) = staged.as_deref() {
+            let stored = self.place_staged(&mut tx, id, *manifest_id, actor).await?;
+            if stored.created {
+                appended += 1;
+                *staged = None;
+            }
+        }
         tx.append(created, Some(manifest)).await?;
         let last = tx.append(default, None).await?;
         tx.commit().await?;
-        self.published(last.seq(), 2);
+        self.published(last.seq(), appended);
         self.package(&id).await
     }
 
@@ -395,8 +466,8 @@ impl Store {
         Ok((package, bytes))
     }
 
-    /// A whole blob in memory (manifests), checked against both digests of
-    /// its row: bytes that changed on disk are an error, never served.
+    /// A whole blob in memory (manifests). The read verifies it (see
+    /// [`Store::read_blob`]): bytes that changed on disk are an error.
     pub(crate) async fn read_verified(&self, record: &BlobRecord) -> Result<Vec<u8>> {
         let mut stream = self.read_blob(record, None).await?;
         let mut bytes = Vec::with_capacity(record.blob.size as usize);
@@ -407,12 +478,6 @@ impl Store {
             })?;
             bytes.extend_from_slice(&chunk);
         }
-        if BlobId::of(&bytes) != record.blob {
-            return Err(StoreError::Meta(MetaError::Corrupt(format!(
-                "blob {} does not match its digests",
-                record.blob.sha256_digest()
-            ))));
-        }
         Ok(bytes)
     }
 
@@ -421,7 +486,14 @@ impl Store {
         let file = match self.meta.package_file(id, path).await? {
             Some(f) => f,
             None => {
-                self.package(id).await?;
+                let package = self.package(id).await?;
+                if let Some(d) = package.retention.deleted {
+                    return Err(StoreError::PackageGone {
+                        package: id.to_owned(),
+                        at: d.at,
+                        seq: d.seq,
+                    });
+                }
                 return Err(StoreError::FileNotFound {
                     package: id.to_owned(),
                     path: path.to_owned(),
@@ -440,7 +512,11 @@ impl Store {
             .ok_or(StoreError::BlobNotFound(*digest))
     }
 
-    /// Streams a stored blob, or a non-empty `range` within it.
+    /// Streams a stored blob, or a non-empty `range` within it. A whole
+    /// blob is verified as it streams: bytes that do not hash to the row's
+    /// BLAKE3 digest end the stream with an error before its last chunk,
+    /// so a reader never gets a complete wrong body. (A range cannot be
+    /// checked without reading the whole blob.)
     pub async fn read_blob(
         &self,
         record: &BlobRecord,
@@ -455,7 +531,26 @@ impl Store {
                 size: record.blob.size,
             });
         }
-        Ok(self.blobs.read(&record.location, range).await?)
+        let whole = range.is_none();
+        let stream = match self.blobs.read(&record.location, range).await {
+            Ok(s) => s,
+            // The collector may have deleted it since the row was read.
+            Err(BlobError::NotFound(_))
+                if self
+                    .meta
+                    .blob(&record.blob.sha256_digest())
+                    .await?
+                    .is_none() =>
+            {
+                return Err(StoreError::BlobNotFound(record.blob.sha256_digest()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(if whole {
+            crate::hashing::verified(stream, record.blob)
+        } else {
+            stream
+        })
     }
 
     /// Upload sessions this process holds digest state for.
@@ -531,7 +626,7 @@ impl Store {
         offset
     }
 
-    fn forget_slot(&self, id: &str) {
+    pub(crate) fn forget_slot(&self, id: &str) {
         let mut map = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         map.remove(id);
     }
@@ -639,35 +734,50 @@ impl Store {
                 created: false,
             });
         }
-        let location = self.blobs.staging_commit(id, &blob).await?;
         let mut tx = self.meta.begin().await?;
         if session {
             tx.session_delete(id).await?;
         }
-        // Re-checked under the write lock: a concurrent upload of the same
-        // bytes may have committed first; its row and event stand.
+        let stored = self.place_staged(&mut tx, id, blob, actor).await?;
+        tx.commit().await?;
+        if stored.created {
+            self.published(stored.record.stored_seq, 1);
+        } else {
+            self.discard_staging(id).await;
+        }
+        Ok(stored)
+    }
+
+    /// Inside `tx`: makes staged bytes the blob `blob` and records
+    /// `v1.blob.stored`, unless the blob is stored already (a concurrent
+    /// upload of the same bytes committed first; its row and event stand,
+    /// and the caller discards the staged bytes after the commit).
+    ///
+    /// The bytes are put in place under the write lock, where the collector
+    /// trashes blobs too: on the filesystem a blob's path is fixed by its
+    /// digest, and a collector deleting an earlier copy of these bytes must
+    /// either finish before this rename or see this row. A crash before the
+    /// commit leaves bytes no row names, which the next collection removes.
+    async fn place_staged(
+        &self,
+        tx: &mut Box<dyn MetaTx>,
+        id: &str,
+        blob: BlobId,
+        actor: &str,
+    ) -> Result<StoredBlob> {
         if let Some(record) = tx.blob(&blob.sha256_digest()).await? {
-            tx.commit().await?;
             return Ok(StoredBlob {
                 record,
                 created: false,
             });
         }
-        let event = tx
-            .append(
-                self.draft(
-                    &blob.sha256_digest().to_string(),
-                    actor,
-                    EventData::BlobStored {
-                        blob,
-                        location: location.clone(),
-                    },
-                ),
-                None,
-            )
-            .await?;
-        tx.commit().await?;
-        self.published(event.seq(), 1);
+        let location = self.blobs.staging_commit(id, &blob).await?;
+        let data = EventData::BlobStored {
+            blob,
+            location: location.clone(),
+        };
+        let subject = blob.sha256_digest().to_string();
+        let event = tx.append(self.draft(&subject, actor, data), None).await?;
         Ok(StoredBlob {
             record: BlobRecord {
                 blob,

@@ -18,6 +18,8 @@ pub enum ErrorClass {
     TooLarge,
     /// Well-formed, but refers to things that do not exist or do not fit (422).
     Unprocessable,
+    /// The thing existed and was deleted for good (410).
+    Gone,
     /// The requested range lies outside the blob (416).
     RangeNotSatisfiable,
     /// Not the client's fault; details are logged, not shown (500).
@@ -60,6 +62,20 @@ pub enum StoreError {
     HoldNotFound { package: String, hold: String },
     #[error("hold {0} was already released")]
     HoldReleased(String),
+    #[error("package {package} was deleted at {at} (event {seq}); its metadata and history remain")]
+    PackageDeleted {
+        package: String,
+        at: artifactstore_core::Timestamp,
+        seq: u64,
+    },
+    #[error("package {package} was deleted at {at} (event {seq}); its files are gone")]
+    PackageGone {
+        package: String,
+        at: artifactstore_core::Timestamp,
+        seq: u64,
+    },
+    #[error("another collector is running on this database")]
+    CollectorBusy,
     #[error("package {package} has no file {path:?}")]
     FileNotFound { package: String, path: String },
     #[error("reading the request body failed: {0}")]
@@ -98,6 +114,8 @@ impl StoreError {
             StoreError::HoldNotFound { .. } => "hold-not-found",
             StoreError::HoldReleased(_) => "hold-already-released",
             StoreError::FileNotFound { .. } => "file-not-found",
+            StoreError::PackageDeleted { .. } | StoreError::PackageGone { .. } => "package-deleted",
+            StoreError::CollectorBusy => "collector-busy",
             StoreError::BrokenLog(_) => "log-broken",
             StoreError::Blob(_) | StoreError::Meta(_) => "internal",
         }
@@ -110,7 +128,11 @@ impl StoreError {
             | StoreError::BodyRead(_)
             | StoreError::InvalidManifest(_)
             | StoreError::RetentionChange(ChangeError::ReasonRequired) => ErrorClass::Invalid,
-            StoreError::RetentionChange(_) | StoreError::HoldReleased(_) => ErrorClass::Conflict,
+            StoreError::RetentionChange(_)
+            | StoreError::HoldReleased(_)
+            | StoreError::PackageDeleted { .. }
+            | StoreError::CollectorBusy => ErrorClass::Conflict,
+            StoreError::PackageGone { .. } => ErrorClass::Gone,
             StoreError::UnknownClass { .. }
             | StoreError::MissingBlobs(_)
             | StoreError::ManifestBlobMismatch(_)

@@ -138,6 +138,65 @@ impl Hashing {
     }
 }
 
+/// Passes a whole blob's bytes through, hashing them with BLAKE3 on the way,
+/// and holds the last chunk back until the end proves the bytes are `blob`:
+/// on a mismatch the stream ends with an error instead of that chunk, so a
+/// reader never receives a complete body of wrong bytes. One digest is
+/// enough to detect corruption, and BLAKE3 is the fast one.
+pub(crate) fn verified(inner: crate::blob::ByteStream, blob: BlobId) -> crate::blob::ByteStream {
+    use futures::StreamExt;
+    struct Verify {
+        inner: crate::blob::ByteStream,
+        hasher: blake3::Hasher,
+        len: u64,
+        held: Option<Bytes>,
+        ended: bool,
+    }
+    let state = Verify {
+        inner,
+        hasher: blake3::Hasher::new(),
+        len: 0,
+        held: None,
+        ended: false,
+    };
+    futures::stream::unfold(state, move |mut s| async move {
+        while !s.ended {
+            match s.inner.next().await {
+                Some(Ok(chunk)) => {
+                    s.hasher.update(&chunk);
+                    s.len += chunk.len() as u64;
+                    if let Some(prev) = s.held.replace(chunk) {
+                        return Some((Ok(prev), s));
+                    }
+                }
+                Some(Err(e)) => {
+                    s.ended = true;
+                    s.held = None;
+                    return Some((Err(e), s));
+                }
+                None => {
+                    s.ended = true;
+                    if s.len != blob.size || *s.hasher.finalize().as_bytes() != blob.blake3 {
+                        s.held = None;
+                        tracing::error!(
+                            blob = %blob.sha256_digest(),
+                            read = s.len,
+                            "stored bytes do not match the blob's digest; read aborted"
+                        );
+                        let e = std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            format!("stored bytes of {} are corrupt", blob.sha256_digest()),
+                        );
+                        return Some((Err(e), s));
+                    }
+                }
+            }
+        }
+        s.held.take().map(|last| (Ok(last), s))
+    })
+    .boxed()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

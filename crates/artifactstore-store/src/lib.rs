@@ -9,6 +9,7 @@ pub mod clock;
 pub mod conformance;
 mod engine;
 pub mod error;
+mod gc;
 pub mod hashing;
 pub mod meta;
 mod retention;
@@ -16,5 +17,6 @@ mod verify;
 
 pub use engine::{Limits, MAX_PAGE, Page, Store, StoreOptions, StoreStats, StoredBlob};
 pub use error::{ErrorClass, StoreError};
+pub use gc::{DeletedPackage, GcReport, GcSettings};
 pub use retention::SweepReport;
 pub use verify::{Finding, VerifyReport};

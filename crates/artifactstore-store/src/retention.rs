@@ -24,10 +24,21 @@ pub struct SweepReport {
 }
 
 impl Store {
+    /// A package read under the write lock, for changing its retention:
+    /// a deleted package's retention can no longer change.
     async fn locked_package(&self, tx: &mut Box<dyn MetaTx>, id: &str) -> Result<PackageRecord> {
-        tx.package(id)
+        let package = tx
+            .package(id)
             .await?
-            .ok_or_else(|| StoreError::PackageNotFound(id.to_owned()))
+            .ok_or_else(|| StoreError::PackageNotFound(id.to_owned()))?;
+        if let Some(d) = &package.retention.deleted {
+            return Err(StoreError::PackageDeleted {
+                package: id.to_owned(),
+                at: d.at,
+                seq: d.seq,
+            });
+        }
+        Ok(package)
     }
 
     /// Moves a package's expiry strictly later. An eligible package becomes

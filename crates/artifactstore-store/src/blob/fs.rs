@@ -1,8 +1,9 @@
 //! The local-filesystem blob backend.
 //!
-//! Layout under the root: `blobs/blake3/<2 hex>/<2 hex>/<64 hex>` for blobs
-//! and `staging/<id>` for uploads in progress, on the same filesystem so that
-//! a commit is a rename. Durability follows the usual recipe: data fsynced
+//! Layout under the root: `blobs/blake3/<2 hex>/<2 hex>/<64 hex>` for blobs,
+//! `staging/<id>` for uploads in progress and `trash/<stored_seq>.<location
+//! with '/' as '+'>` for blobs the collector is deleting, all on the same
+//! filesystem so that commit, trash and restore are renames. Durability follows the usual recipe: data fsynced
 //! before acknowledging, rename into place, then the directory fsynced so the
 //! new name survives a crash too.
 
@@ -19,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::io::ReaderStream;
 
-use super::{BlobBackend, BlobError, ByteStream, StagingWriter};
+use super::{BlobBackend, BlobError, ByteStream, StagingWriter, Trashed};
 
 /// Size of the write buffer in front of each staging file: turns the small
 /// frames a socket delivers into few large writes.
@@ -41,7 +42,7 @@ impl FsBlobStore {
         let store = FsBlobStore { root };
         let r = store.root.clone();
         blocking(move || {
-            for dir in ["staging", "blobs/blake3"] {
+            for dir in ["staging", "blobs/blake3", "trash"] {
                 create_dir_durable(&r, Path::new(dir))?;
             }
             Ok(())
@@ -63,6 +64,15 @@ impl FsBlobStore {
             return Err(BlobError::InvalidLocation(id.to_owned()));
         }
         Ok(self.root.join("staging").join(id))
+    }
+
+    fn trash_path(&self, t: &Trashed) -> Result<PathBuf, BlobError> {
+        self.blob_path(&t.location)?;
+        if t.location.contains('+') {
+            return Err(BlobError::InvalidLocation(t.location.clone()));
+        }
+        let name = format!("{}.{}", t.stored_seq, t.location.replace('/', "+"));
+        Ok(self.root.join("trash").join(name))
     }
 
     fn blob_path(&self, location: &str) -> Result<PathBuf, BlobError> {
@@ -100,6 +110,57 @@ fn create_dir_durable(root: &Path, rel: &Path) -> std::io::Result<()> {
             Ok(()) => fsync_dir(&parent)?,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Renames `from` to `to` and makes both directory entries durable.
+fn rename_durable(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::rename(from, to)?;
+    for dir in [to.parent(), from.parent()].into_iter().flatten() {
+        fsync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// The names in `dir`, sorted; an absent directory has none.
+fn sorted_names(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    let Some(entries) = not_found_to_none(std::fs::read_dir(dir))? else {
+        return Ok(names);
+    };
+    for entry in entries {
+        if let Ok(name) = entry?.file_name().into_string() {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Up to `limit` files three levels below `root/rel` (the blob fan-out),
+/// as locations sorted after `after`. Directories whose every location
+/// sorts before `after` are skipped unread.
+fn walk_after(
+    root: &Path,
+    rel: &str,
+    depth: u8,
+    after: &str,
+    limit: usize,
+    out: &mut Vec<String>,
+) -> std::io::Result<()> {
+    for name in sorted_names(&root.join(rel))? {
+        if out.len() >= limit {
+            break;
+        }
+        let loc = format!("{rel}/{name}");
+        if depth == 0 {
+            if loc.as_str() > after && root.join(&loc).is_file() {
+                out.push(loc);
+            }
+        } else if loc.as_str() > after || after.starts_with(&format!("{loc}/")) {
+            walk_after(root, &loc, depth - 1, after, limit, out)?;
         }
     }
     Ok(())
@@ -249,6 +310,92 @@ impl BlobBackend for FsBlobStore {
                 source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
             });
         }
+        Ok(())
+    }
+
+    async fn staging_list(&self) -> Result<Vec<String>, BlobError> {
+        let dir = self.root.join("staging");
+        blocking(move || sorted_names(&dir))
+            .await
+            .map_err(BlobError::io("listing staging"))
+    }
+
+    async fn list_after(&self, after: &str, limit: usize) -> Result<Vec<String>, BlobError> {
+        let root = self.root.clone();
+        let after = after.to_owned();
+        blocking(move || {
+            let mut out = Vec::new();
+            walk_after(&root, "blobs/blake3", 2, &after, limit, &mut out)?;
+            Ok(out)
+        })
+        .await
+        .map_err(BlobError::io("listing blobs"))
+    }
+
+    async fn delete(&self, location: &str) -> Result<(), BlobError> {
+        let path = self.blob_path(location)?;
+        blocking(move || {
+            if not_found_to_none(std::fs::remove_file(&path))?.is_some() {
+                fsync_dir(path.parent().unwrap_or(Path::new(".")))?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(BlobError::io(format!("deleting {location}")))
+    }
+
+    async fn trash(&self, location: &str, stored_seq: u64) -> Result<(), BlobError> {
+        let from = self.blob_path(location)?;
+        let to = self.trash_path(&Trashed {
+            location: location.to_owned(),
+            stored_seq,
+        })?;
+        blocking(move || not_found_to_none(rename_durable(&from, &to)).map(drop))
+            .await
+            .map_err(BlobError::io(format!("trashing {location}")))
+    }
+
+    async fn trash_list(&self) -> Result<Vec<Trashed>, BlobError> {
+        let dir = self.root.join("trash");
+        let names = blocking(move || sorted_names(&dir))
+            .await
+            .map_err(BlobError::io("listing trash"))?;
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let parsed = name.split_once('.').and_then(|(seq, loc)| {
+                Some(Trashed {
+                    stored_seq: seq.parse().ok()?,
+                    location: loc.replace('+', "/"),
+                })
+            });
+            match parsed.filter(|t| self.trash_path(t).is_ok()) {
+                Some(t) => out.push(t),
+                None => tracing::warn!(name, "ignoring a foreign file in trash/"),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn trash_restore(&self, trashed: &Trashed) -> Result<(), BlobError> {
+        let from = self.trash_path(trashed)?;
+        let to = self.blob_path(&trashed.location)?;
+        let root = self.root.clone();
+        let rel_dir = Path::new(&trashed.location)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        blocking(move || {
+            create_dir_durable(&root, &rel_dir)?;
+            rename_durable(&from, &to)
+        })
+        .await
+        .map_err(BlobError::io(format!("restoring {}", trashed.location)))
+    }
+
+    async fn trash_purge(&self, trashed: &Trashed) -> Result<(), BlobError> {
+        let path = self.trash_path(trashed)?;
+        not_found_to_none(tokio::fs::remove_file(&path).await)
+            .map_err(BlobError::io(format!("purging {}", trashed.location)))?;
         Ok(())
     }
 }

@@ -6,6 +6,14 @@
 //!
 //! Every upload, monolithic or resumable, goes through staging: the
 //! monolithic `PUT /blobs` is one append followed by a commit.
+//!
+//! Deletion is two-phase so that it can be decided in one metadata
+//! transaction: the collector *trashes* a blob (moves it out of readers' and
+//! committers' way) inside the transaction that deletes its row, and
+//! *purges* it after the commit. A trashed blob whose row is still there
+//! after a crash is *restored*. Each trashed object carries the `stored_seq`
+//! of the row it belonged to, so a later row for the same bytes is never
+//! confused with it.
 
 pub mod fs;
 
@@ -72,6 +80,32 @@ pub trait BlobBackend: Send + Sync + std::fmt::Debug + 'static {
     async fn stat(&self, location: &str) -> Result<Option<u64>, BlobError>;
     /// Checks that the backend can serve requests.
     async fn ping(&self) -> Result<(), BlobError>;
+
+    /// The ids of every staging object.
+    async fn staging_list(&self) -> Result<Vec<String>, BlobError>;
+    /// Up to `limit` blob locations after `after` ("" for the first), in
+    /// order: to find bytes that no row names.
+    async fn list_after(&self, after: &str, limit: usize) -> Result<Vec<String>, BlobError>;
+    /// Removes a blob's bytes outright; removing missing ones is not an error.
+    async fn delete(&self, location: &str) -> Result<(), BlobError>;
+    /// Moves a blob aside, durably: readers no longer find it, and a later
+    /// commit of the same bytes is unaffected by what happens to it.
+    /// Trashing a missing blob is not an error.
+    async fn trash(&self, location: &str, stored_seq: u64) -> Result<(), BlobError>;
+    /// Everything trashed and not yet purged or restored.
+    async fn trash_list(&self) -> Result<Vec<Trashed>, BlobError>;
+    /// Puts a trashed blob back where it was.
+    async fn trash_restore(&self, trashed: &Trashed) -> Result<(), BlobError>;
+    /// Deletes a trashed blob for good.
+    async fn trash_purge(&self, trashed: &Trashed) -> Result<(), BlobError>;
+}
+
+/// A blob moved aside by [`BlobBackend::trash`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trashed {
+    pub location: String,
+    /// The `stored_seq` of the row the bytes belonged to.
+    pub stored_seq: u64,
 }
 
 /// Appends to a staging object. Bytes are durable only once [`finish`]

@@ -27,6 +27,12 @@ pub enum MetaError {
     Corrupt(String),
     #[error("unsupported metadata url {0:?} (expected sqlite://…)")]
     UnsupportedUrl(String),
+    #[error("leader lock {role}: {source}")]
+    Lock {
+        role: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A row of the `blobs` view.
@@ -56,6 +62,17 @@ pub struct RetentionState {
     pub active_holds: u64,
     pub eligible_for_deletion: bool,
     pub last_eligibility_seq: Option<u64>,
+    /// Set once the collector deleted the package (`v1.package.deleted`).
+    pub deleted: Option<Deletion>,
+}
+
+/// How a package was deleted: the `v1.package.deleted` event's facts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deletion {
+    pub seq: u64,
+    pub at: Timestamp,
+    pub reason: String,
+    pub bytes_freed: u64,
 }
 
 /// A row of the `packages` view with its retention state.
@@ -181,6 +198,34 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), MetaError>;
+
+    /// Takes the database-wide lock of a leader `role` (the collector) if
+    /// no one holds it; `None` if another process or store does. Held until
+    /// the guard is dropped, and released by the operating system or the
+    /// database if its holder dies, so a crash never leaves it stuck.
+    async fn try_lead(&self, role: &str) -> Result<Option<LeaderGuard>, MetaError>;
+
+    /// Up to `limit` upload sessions created before `cutoff`, oldest first.
+    async fn sessions_before(
+        &self,
+        cutoff: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<UploadSession>, MetaError>;
+}
+
+/// Holds a leader lock until dropped.
+pub struct LeaderGuard(#[allow(dead_code)] Box<dyn Send + Sync>);
+
+impl LeaderGuard {
+    pub fn new(held: impl Send + Sync + 'static) -> LeaderGuard {
+        LeaderGuard(Box::new(held))
+    }
+}
+
+impl std::fmt::Debug for LeaderGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LeaderGuard")
+    }
 }
 
 #[async_trait]
@@ -217,5 +262,34 @@ pub trait MetaTx: Send {
     -> Result<(), MetaError>;
     /// Deletes an upload session as part of this transaction.
     async fn session_delete(&mut self, id: &str) -> Result<(), MetaError>;
+
+    /// Up to `limit` packages the sweeper marked eligible and that are not
+    /// deleted yet, whose expiry is at or before `now` and with no active
+    /// hold: what the collector deletes next.
+    async fn collectable_packages(
+        &mut self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<PackageRecord>, MetaError>;
+    /// The bytes of a package's distinct blobs that nothing else references
+    /// (no other live package's files, no package's manifest): what its
+    /// deletion makes collectable.
+    async fn exclusive_bytes(&mut self, package_id: &str) -> Result<u64, MetaError>;
+    /// Up to `limit` blobs with a SHA-256 after `after`, in order, stored at
+    /// or before `cutoff` and referenced by no live package's files and no
+    /// package's manifest.
+    async fn unreferenced_blobs(
+        &mut self,
+        cutoff: Timestamp,
+        after: &Hash,
+        limit: u32,
+    ) -> Result<Vec<BlobRecord>, MetaError>;
+    /// The blob row at `location`, if any.
+    async fn blob_at(&mut self, location: &str) -> Result<Option<BlobRecord>, MetaError>;
+    /// Which of `locations` (at most 1000) a blob row names.
+    async fn known_locations(
+        &mut self,
+        locations: &[String],
+    ) -> Result<std::collections::HashSet<String>, MetaError>;
     async fn commit(self: Box<Self>) -> Result<(), MetaError>;
 }

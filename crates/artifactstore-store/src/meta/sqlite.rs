@@ -19,8 +19,8 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
 use super::{
-    BlobRecord, Hold, MetaError, MetaTx, MetadataStore, PackageFile, PackageFilter, PackageRecord,
-    Release, RetentionState, StoredEvent, UploadSession, ViewsDigest,
+    BlobRecord, Deletion, Hold, LeaderGuard, MetaError, MetaTx, MetadataStore, PackageFile,
+    PackageFilter, PackageRecord, Release, RetentionState, StoredEvent, UploadSession, ViewsDigest,
 };
 
 /// Embedded migrations, applied in order, each once, in one transaction.
@@ -31,6 +31,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
     (2, include_str!("../../migrations/sqlite/0002_packages.sql")),
     (3, include_str!("../../migrations/sqlite/0003_holds.sql")),
+    (
+        4,
+        include_str!("../../migrations/sqlite/0004_collection.sql"),
+    ),
 ];
 
 const READERS: u32 = 8;
@@ -40,6 +44,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct SqliteMetadata {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// The database file, beside which leader locks live.
+    path: std::path::PathBuf,
     /// For a scratch store: its directory, removed when the last clone goes.
     _scratch_dir: Option<std::sync::Arc<tempfile::TempDir>>,
 }
@@ -60,6 +66,7 @@ impl SqliteMetadata {
     }
 
     async fn open_with(options: SqliteConnectOptions) -> Result<SqliteMetadata, MetaError> {
+        let path = options.get_filename().to_path_buf();
         let base = options
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
@@ -76,6 +83,7 @@ impl SqliteMetadata {
         let db = SqliteMetadata {
             writer,
             reader,
+            path,
             _scratch_dir: None,
         };
         db.migrate().await?;
@@ -199,6 +207,14 @@ async fn update_one(
     Ok(())
 }
 
+fn session_record(row: &SqliteRow) -> Result<UploadSession, MetaError> {
+    Ok(UploadSession {
+        id: row.try_get("id")?,
+        created_at: ts_col(row, "created_at")?,
+        actor: row.try_get("actor")?,
+    })
+}
+
 fn stored_event(row: &SqliteRow) -> Result<StoredEvent, MetaError> {
     Ok(StoredEvent {
         seq: u64_col(row, "seq")?,
@@ -237,7 +253,8 @@ fn opt_ts_col(row: &SqliteRow, col: &str) -> Result<Option<Timestamp>, MetaError
 }
 
 const PACKAGE_SELECT: &str = "SELECT p.*, r.class AS r_class, r.current_expires_at, r.active_holds, \
-     r.eligible_for_deletion, r.last_eligibility_seq \
+     r.eligible_for_deletion, r.last_eligibility_seq, r.deleted_seq, r.deleted_at, r.deleted_reason, \
+     r.bytes_freed \
      FROM packages p JOIN retention_state r ON r.package_id = p.id";
 
 fn package_record(row: &SqliteRow) -> Result<PackageRecord, MetaError> {
@@ -259,8 +276,27 @@ fn package_record(row: &SqliteRow) -> Result<PackageRecord, MetaError> {
             active_holds: u64_col(row, "active_holds")?,
             eligible_for_deletion: row.try_get::<i64, _>("eligible_for_deletion")? != 0,
             last_eligibility_seq: last.map(|n| n as u64),
+            deleted: deletion(row)?,
         },
     })
+}
+
+fn deletion(row: &SqliteRow) -> Result<Option<Deletion>, MetaError> {
+    let Some(seq) = row.try_get::<Option<i64>, _>("deleted_seq")? else {
+        return Ok(None);
+    };
+    let corrupt = || MetaError::Corrupt("incomplete deletion columns".into());
+    Ok(Some(Deletion {
+        seq: u64::try_from(seq).map_err(|_| corrupt())?,
+        at: opt_ts_col(row, "deleted_at")?.ok_or_else(corrupt)?,
+        reason: row
+            .try_get::<Option<String>, _>("deleted_reason")?
+            .ok_or_else(corrupt)?,
+        bytes_freed: row
+            .try_get::<Option<i64>, _>("bytes_freed")?
+            .and_then(|n| u64::try_from(n).ok())
+            .ok_or_else(corrupt)?,
+    }))
 }
 
 /// The views and the order their rows are hashed in (their primary keys).
@@ -330,8 +366,27 @@ async fn apply(
                 .await?;
         }
         EventData::BlobDeleted { blob } => {
-            sqlx::query("DELETE FROM blobs WHERE sha256 = ?")
+            let q = sqlx::query("DELETE FROM blobs WHERE sha256 = ? AND blake3 = ?")
                 .bind(&blob.sha256[..])
+                .bind(&blob.blake3[..]);
+            update_one(conn, event, q).await?;
+        }
+        EventData::PackageDeleted {
+            reason,
+            bytes_freed,
+        } => {
+            let q = sqlx::query(
+                "UPDATE retention_state SET deleted_seq = ?, deleted_at = ?, deleted_reason = ?, bytes_freed = ? \
+                 WHERE package_id = ? AND deleted_seq IS NULL",
+            )
+            .bind(i64_of(event.seq())?)
+            .bind(event.at().to_string())
+            .bind(reason)
+            .bind(i64_of(*bytes_freed)?)
+            .bind(event.subject());
+            update_one(conn, event, q).await?;
+            sqlx::query("DELETE FROM package_files WHERE package_id = ?")
+                .bind(event.subject())
                 .execute(&mut *conn)
                 .await?;
         }
@@ -453,12 +508,6 @@ async fn apply(
             .bind(i64_of(event.seq())?)
             .bind(event.subject());
             update_one(conn, event, q).await?;
-        }
-        other => {
-            return Err(MetaError::Corrupt(format!(
-                "event type {} has no view in this version",
-                other.type_name()
-            )));
         }
     }
     sqlx::query("UPDATE views_state SET applied_seq = ? WHERE id = 1")
@@ -591,14 +640,7 @@ impl MetadataStore for SqliteMetadata {
             .bind(id)
             .fetch_optional(&self.reader)
             .await?;
-        row.map(|row| {
-            Ok(UploadSession {
-                id: row.try_get("id")?,
-                created_at: ts_col(&row, "created_at")?,
-                actor: row.try_get("actor")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(session_record).transpose()
     }
 
     async fn session_delete(&self, id: &str) -> Result<bool, MetaError> {
@@ -655,6 +697,47 @@ impl MetadataStore for SqliteMetadata {
     async fn ping(&self) -> Result<(), MetaError> {
         sqlx::query("SELECT 1").execute(&self.reader).await?;
         Ok(())
+    }
+
+    /// An advisory lock (`flock`) on a file beside the database: every
+    /// process that can open this SQLite database shares its filesystem, and
+    /// the kernel drops the lock when its holder exits, however it exits.
+    async fn try_lead(&self, role: &str) -> Result<Option<LeaderGuard>, MetaError> {
+        let mut name = self.path.clone().into_os_string();
+        name.push(format!("-{role}.lock"));
+        let role = role.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&name)?;
+            match file.try_lock() {
+                Ok(()) => Ok(Some(LeaderGuard::new(file))),
+                Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+                Err(std::fs::TryLockError::Error(e)) => Err(e),
+            }
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(|source| MetaError::Lock { role, source })
+    }
+
+    async fn sessions_before(
+        &self,
+        cutoff: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<UploadSession>, MetaError> {
+        let rows = sqlx::query(
+            "SELECT id, created_at, actor FROM upload_sessions WHERE created_at < ? \
+             ORDER BY created_at LIMIT ?",
+        )
+        .bind(cutoff.to_string())
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(session_record).collect()
     }
 }
 
@@ -772,5 +855,84 @@ impl MetaTx for SqliteTx {
     async fn commit(self: Box<Self>) -> Result<(), MetaError> {
         self.tx.commit().await?;
         Ok(())
+    }
+
+    async fn collectable_packages(
+        &mut self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<PackageRecord>, MetaError> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "{PACKAGE_SELECT} WHERE r.package_id IN (SELECT package_id FROM retention_state \
+             WHERE eligible_for_deletion = 1 AND deleted_seq IS NULL AND active_holds = 0 \
+             AND current_expires_at <= ? LIMIT ?) ORDER BY p.created_seq"
+        ));
+        let rows = sqlx::query(sql)
+            .bind(now.to_string())
+            .bind(i64::from(limit))
+            .fetch_all(&mut *self.tx)
+            .await?;
+        rows.iter().map(package_record).collect()
+    }
+
+    async fn exclusive_bytes(&mut self, package_id: &str) -> Result<u64, MetaError> {
+        let bytes: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(SUM(size), 0) FROM (SELECT DISTINCT f.sha256, f.size FROM package_files f \
+             WHERE f.package_id = ?1 \
+             AND NOT EXISTS (SELECT 1 FROM package_files g WHERE g.sha256 = f.sha256 AND g.package_id <> ?1) \
+             AND NOT EXISTS (SELECT 1 FROM packages p WHERE p.manifest_sha256 = f.sha256))",
+        )
+        .bind(package_id)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        u64::try_from(bytes).map_err(|_| MetaError::Corrupt("negative blob sizes".into()))
+    }
+
+    async fn unreferenced_blobs(
+        &mut self,
+        cutoff: Timestamp,
+        after: &Hash,
+        limit: u32,
+    ) -> Result<Vec<BlobRecord>, MetaError> {
+        let rows = sqlx::query(
+            "SELECT b.* FROM blobs b WHERE b.sha256 > ? AND b.stored_at <= ? \
+             AND NOT EXISTS (SELECT 1 FROM package_files f WHERE f.sha256 = b.sha256) \
+             AND NOT EXISTS (SELECT 1 FROM packages p WHERE p.manifest_sha256 = b.sha256) \
+             ORDER BY b.sha256 LIMIT ?",
+        )
+        .bind(&after[..])
+        .bind(cutoff.to_string())
+        .bind(i64::from(limit))
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter().map(blob_record).collect()
+    }
+
+    async fn known_locations(
+        &mut self,
+        locations: &[String],
+    ) -> Result<std::collections::HashSet<String>, MetaError> {
+        if locations.is_empty() {
+            return Ok(Default::default());
+        }
+        let mut q =
+            sqlx::QueryBuilder::<Sqlite>::new("SELECT location FROM blobs WHERE location IN (");
+        let mut list = q.separated(", ");
+        for l in locations {
+            list.push_bind(l.clone());
+        }
+        q.push(")");
+        let rows = q.build().fetch_all(&mut *self.tx).await?;
+        rows.iter()
+            .map(|r| r.try_get("location").map_err(MetaError::from))
+            .collect()
+    }
+
+    async fn blob_at(&mut self, location: &str) -> Result<Option<BlobRecord>, MetaError> {
+        let row = sqlx::query("SELECT * FROM blobs WHERE location = ?")
+            .bind(location)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        row.as_ref().map(blob_record).transpose()
     }
 }
