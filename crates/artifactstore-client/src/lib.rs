@@ -22,6 +22,9 @@ pub struct Problem {
     /// The `offset` member of an `upload-offset-mismatch` problem.
     #[serde(default)]
     pub offset: Option<u64>,
+    /// The `missing` member of a `missing-blobs` problem: digests to upload.
+    #[serde(default)]
+    pub missing: Vec<String>,
 }
 
 impl Problem {
@@ -233,6 +236,7 @@ impl Client {
                 status: 404,
                 detail: format!("no upload session {id}"),
                 offset: None,
+                missing: Vec::new(),
             }));
         }
         if !resp.status().is_success() {

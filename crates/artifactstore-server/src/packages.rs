@@ -149,6 +149,19 @@ pub(crate) struct PackageBody {
     /// The actor of `v1.package.created`.
     created_by: String,
     retention: RetentionBody,
+    /// Set once the collector deleted the package: its metadata, manifest
+    /// and history remain, its files answer `410 Gone`.
+    deleted: Option<DeletionBody>,
+}
+
+/// The `v1.package.deleted` event that deleted a package.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct DeletionBody {
+    at: String,
+    seq: u64,
+    reason: String,
+    /// The bytes of blobs only this package referenced.
+    bytes_freed: u64,
 }
 
 /// The digests of the package's canonical manifest: its content identity.
@@ -204,6 +217,12 @@ impl From<&PackageRecord> for PackageBody {
             created_seq: p.created_seq,
             created_by: p.created_by.clone(),
             retention: RetentionBody::from(r),
+            deleted: r.deleted.as_ref().map(|d| DeletionBody {
+                at: d.at.to_string(),
+                seq: d.seq,
+                reason: d.reason.clone(),
+                bytes_freed: d.bytes_freed,
+            }),
         }
     }
 }
@@ -339,7 +358,8 @@ fn digests_headers(d: &[(&'static str, String); 2]) -> HeaderMap {
     responses(
         (status = 200, description = "the bytes"),
         (status = 206, description = "the requested range"),
-        (status = 404, description = "no such package or file", body = ProblemBody, content_type = "application/problem+json"),
+                (status = 404, description = "no such package or file", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 410, description = "the package was deleted (`package-deleted`)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 416, description = "range outside the file", body = ProblemBody, content_type = "application/problem+json")))]
 pub(crate) async fn file(
     State(app): State<AppState>,

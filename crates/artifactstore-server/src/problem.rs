@@ -98,6 +98,7 @@ impl From<StoreError> for Problem {
             ErrorClass::Invalid => StatusCode::BAD_REQUEST,
             ErrorClass::NotFound => StatusCode::NOT_FOUND,
             ErrorClass::Conflict => StatusCode::CONFLICT,
+            ErrorClass::Gone => StatusCode::GONE,
             ErrorClass::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorClass::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorClass::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
@@ -127,6 +128,12 @@ impl From<StoreError> for Problem {
             }
             StoreError::ManifestBlobMismatch(paths) => p = p.with("paths", json!(paths)),
             StoreError::UnknownClass { known, .. } => p = p.with("known", json!(known)),
+            StoreError::PackageDeleted { at, seq, .. }
+            | StoreError::PackageGone { at, seq, .. } => {
+                p = p
+                    .with("deleted_at", json!(at.to_string()))
+                    .with("deleted_seq", json!(seq));
+            }
             StoreError::RangeNotSatisfiable { size, .. } => {
                 p = p.with_header(
                     header::CONTENT_RANGE,

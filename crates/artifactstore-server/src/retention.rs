@@ -100,7 +100,7 @@ const PROBLEM: &str = "application/problem+json";
         (status = 200, description = "extended", body = RetentionView),
         (status = 400, description = "invalid body, timestamp or a blank reason", body = ProblemBody, content_type = PROBLEM),
         (status = 404, description = "no such package", body = ProblemBody, content_type = PROBLEM),
-        (status = 409, description = "not strictly later (`extension-not-later`) or a permanent class (`retention-permanent`)", body = ProblemBody, content_type = PROBLEM)))]
+        (status = 409, description = "not strictly later (`extension-not-later`), a permanent class (`retention-permanent`) or a deleted package (`package-deleted`)", body = ProblemBody, content_type = PROBLEM)))]
 pub(crate) async fn extend(
     State(app): State<AppState>,
     Extension(caller): Extension<Principal>,
@@ -125,7 +125,8 @@ pub(crate) async fn extend(
     responses(
         (status = 201, description = "applied", body = HoldBody),
         (status = 400, description = "invalid body or a blank reason", body = ProblemBody, content_type = PROBLEM),
-        (status = 404, description = "no such package", body = ProblemBody, content_type = PROBLEM)))]
+        (status = 404, description = "no such package", body = ProblemBody, content_type = PROBLEM),
+        (status = 409, description = "the package was deleted (`package-deleted`)", body = ProblemBody, content_type = PROBLEM)))]
 pub(crate) async fn hold(
     State(app): State<AppState>,
     Extension(caller): Extension<Principal>,
@@ -147,7 +148,7 @@ pub(crate) async fn hold(
         (status = 200, description = "released", body = HoldBody),
         (status = 400, description = "invalid body or a blank reason", body = ProblemBody, content_type = PROBLEM),
         (status = 404, description = "no such package or hold", body = ProblemBody, content_type = PROBLEM),
-        (status = 409, description = "already released", body = ProblemBody, content_type = PROBLEM)))]
+        (status = 409, description = "already released, or the package was deleted (`package-deleted`)", body = ProblemBody, content_type = PROBLEM)))]
 pub(crate) async fn release(
     State(app): State<AppState>,
     Extension(caller): Extension<Principal>,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use artifactstore_core::retention::{ClassRule, shipped_classes};
 use artifactstore_server::auth::{Auth, Scope, TokenEntry};
-use artifactstore_store::Limits;
+use artifactstore_store::{GcSettings, Limits};
 use serde::Deserialize;
 
 pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -30,7 +30,20 @@ struct FileConfig {
     #[serde(default)]
     retention: RetentionSection,
     #[serde(default)]
+    gc: GcSection,
+    #[serde(default)]
     tokens: Vec<TokenSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GcSection {
+    /// How often `serve` collects.
+    interval: Option<String>,
+    /// How long an unreferenced blob is kept after it was stored.
+    grace: Option<String>,
+    /// How long an upload session may stay open.
+    upload_expiry: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,6 +149,16 @@ pub(crate) struct Settings {
     pub(crate) classes: BTreeMap<String, ClassRule>,
     pub(crate) auth: Auth,
     pub(crate) sweep_interval: Duration,
+    pub(crate) gc_interval: Duration,
+    pub(crate) gc: GcSettings,
+}
+
+/// The default of `[gc] interval`.
+const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(6 * 3600);
+
+/// A humantime duration, zero allowed (`0s`, `24h`).
+fn period(key: &str, text: &str) -> anyhow::Result<Duration> {
+    humantime::parse_duration(text).map_err(|e| anyhow::anyhow!("{key} {text:?}: {e}"))
 }
 
 /// The default of `[retention] sweep_interval`.
@@ -221,7 +244,20 @@ impl Settings {
             Some(text) => interval("[retention] sweep_interval", text)?,
             None => DEFAULT_SWEEP_INTERVAL,
         };
+        let gc_interval = match &file.gc.interval {
+            Some(text) => interval("[gc] interval", text)?,
+            None => DEFAULT_GC_INTERVAL,
+        };
+        let mut gc = GcSettings::default();
+        if let Some(text) = &file.gc.grace {
+            gc.grace = period("[gc] grace", text)?;
+        }
+        if let Some(text) = &file.gc.upload_expiry {
+            gc.upload_expiry = period("[gc] upload_expiry", text)?;
+        }
         Ok(Settings {
+            gc_interval,
+            gc,
             sweep_interval,
             auth,
             classes,
@@ -285,6 +321,16 @@ mod tests {
         assert_eq!(s.classes, shipped_classes());
         assert!(s.auth.is_open());
         assert_eq!(s.sweep_interval, Duration::from_secs(3600));
+        assert_eq!(s.gc_interval, Duration::from_secs(6 * 3600));
+        assert_eq!(s.gc, GcSettings::default());
+        let s = load(
+            "[gc]\ninterval = \"10m\"\ngrace = \"0s\"\nupload_expiry = \"2h\"\n",
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.gc_interval, Duration::from_secs(600));
+        assert_eq!(s.gc.grace, Duration::ZERO);
+        assert_eq!(s.gc.upload_expiry, Duration::from_secs(7200));
         let s = load(
             "[retention]\nsweep_interval = \"30s\"\n",
             Overrides::default(),
@@ -357,6 +403,9 @@ mod tests {
             ),
             ("listen = \"nowhere\"\n", "not host:port"),
             ("[blobs]\nbackend = \"tape\"\n", "not available"),
+            ("[gc]\ninterval = \"0s\"\n", "at least 1s"),
+            ("[gc]\ngrace = \"a day\"\n", "[gc] grace"),
+            ("[gc]\nkeep = \"1d\"\n", "unknown field `keep`"),
             ("[metadata]\nurl = \"mysql://x\"\n", "not supported"),
             ("listen = [", "line 1"),
             (

@@ -54,6 +54,17 @@ enum Command {
         #[arg(long)]
         deep: bool,
     },
+    /// Collect garbage: delete packages the sweeper marked eligible, then
+    /// blobs no live package references once `[gc] grace` has passed, then
+    /// expired uploads and what crashes left behind (what `serve` does every
+    /// `[gc] interval`). Safe while `serve` runs.
+    Gc {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Report exactly what a run would delete, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Retention: extensions, holds, history, and the eligibility sweep.
     Retention {
         #[command(subcommand)]
@@ -272,6 +283,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await
             .map(|()| ExitCode::SUCCESS),
         Command::Verify { store, deep } => verify(&store.settings(None)?, deep).await,
+        Command::Gc { store, dry_run } => {
+            let settings = store.settings(None)?;
+            let report = open_store(&settings)
+                .await?
+                .collect(&settings.gc, dry_run)
+                .await?;
+            print_gc(&report)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Views {
             command: ViewsCommand::Rebuild { store },
         } => {
@@ -411,6 +431,40 @@ async fn verify(settings: &Settings, deep: bool) -> anyhow::Result<ExitCode> {
     }
 }
 
+fn print_gc(r: &artifactstore_store::GcReport) -> std::io::Result<()> {
+    let verb = if r.dry_run { "would delete" } else { "deleted" };
+    for p in &r.packages {
+        out!(
+            "{verb} package {} {} ({} bytes only it referenced)",
+            p.id,
+            p.name,
+            p.bytes_freed
+        )?;
+    }
+    for b in &r.blobs {
+        out!("{verb} blob {} ({} bytes)", b.sha256_digest(), b.size)?;
+    }
+    for s in &r.sessions {
+        out!("{verb} expired upload {s}")?;
+    }
+    out!(
+        "{}{} package(s), {} blob(s), {} bytes; {} expired upload(s); leftovers of crashes: \
+         {} staging object(s), {} blob file(s) no row names, {} trashed blob(s) put back",
+        if r.dry_run {
+            "dry run, nothing changed: "
+        } else {
+            ""
+        },
+        r.packages.len(),
+        r.blobs.len(),
+        r.bytes_freed,
+        r.sessions.len(),
+        r.orphaned_staging,
+        r.orphaned_blobs,
+        r.restored
+    )
+}
+
 /// Without tokens every request is anonymous and allowed, so the server
 /// must not be reachable from other machines.
 fn check_listen(addr: &SocketAddr) -> anyhow::Result<()> {
@@ -427,7 +481,18 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         check_listen(&settings.listen)?;
     }
     let store = Arc::new(open_store(&settings).await?);
+    // A collection that crashed may have left blobs in the trash whose rows
+    // still stand: put them back before serving reads.
+    if let Some(n) = store.recover().await.context("recovering the trash")?
+        && n > 0
+    {
+        tracing::warn!(
+            restored = n,
+            "put back blobs an interrupted collection had trashed"
+        );
+    }
     tokio::spawn(sweep_loop(store.clone(), settings.sweep_interval));
+    tokio::spawn(gc_loop(store.clone(), settings.gc_interval, settings.gc));
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("binding {}", settings.listen))?;
@@ -452,6 +517,39 @@ async fn sweep_loop(store: Arc<Store>, interval: std::time::Duration) {
             Ok(_) => tracing::debug!("retention sweep: nothing became eligible"),
             Err(e) => {
                 tracing::warn!(error = %e, "retention sweep failed; retrying at the next interval")
+            }
+        }
+    }
+}
+
+/// The collector inside `serve`: once at start, then every `interval`.
+/// With several servers on one database, whoever holds the collector lock
+/// runs; the others skip that turn.
+async fn gc_loop(
+    store: Arc<Store>,
+    interval: std::time::Duration,
+    settings: artifactstore_store::GcSettings,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match store.collect(&settings, false).await {
+            Ok(r) => tracing::info!(
+                packages = r.packages.len(),
+                blobs = r.blobs.len(),
+                bytes = r.bytes_freed,
+                uploads = r.sessions.len(),
+                orphaned_staging = r.orphaned_staging,
+                orphaned_blobs = r.orphaned_blobs,
+                restored = r.restored,
+                "garbage collection"
+            ),
+            Err(artifactstore_store::StoreError::CollectorBusy) => {
+                tracing::debug!("garbage collection: another collector is running")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "garbage collection failed; retrying at the next interval")
             }
         }
     }

@@ -292,10 +292,7 @@ pub(crate) async fn push(client: &Client, dir: &Path, o: PushOptions) -> anyhow:
         })
         .collect();
     let manifest = Manifest::new(o.name, entries, BTreeMap::new())?;
-    let package = client
-        .create_package(&manifest, &o.class)
-        .await
-        .context("creating the package")?;
+    let package = create_reuploading(client, &manifest, &o.class, &distinct, o.chunk_size).await?;
     let id = package["id"]
         .as_str()
         .context("the server's answer has no package id")?;
@@ -311,6 +308,40 @@ pub(crate) async fn push(client: &Client, dir: &Path, o: PushOptions) -> anyhow:
     }
     out!("{id}")?;
     Ok(())
+}
+
+/// Creates the package; if the server answers that blobs are missing (the
+/// collector deleted unreferenced blobs between the check above and now),
+/// uploads them again and retries, a few times.
+async fn create_reuploading(
+    client: &Client,
+    manifest: &Manifest,
+    class: &str,
+    distinct: &BTreeMap<[u8; 32], &Local>,
+    chunk_size: u64,
+) -> anyhow::Result<serde_json::Value> {
+    const ATTEMPTS: usize = 3;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let err = match client.create_package(manifest, class).await {
+            Ok(package) => return Ok(package),
+            Err(e) => e,
+        };
+        let missing = match err.problem() {
+            Some(p) if p.code() == "missing-blobs" && attempt < ATTEMPTS => p.missing.clone(),
+            _ => return Err(anyhow::Error::new(err).context("creating the package")),
+        };
+        for text in missing {
+            let digest: artifactstore_core::Digest = text
+                .parse()
+                .map_err(|_| anyhow::anyhow!("the server named an invalid digest {text:?}"))?;
+            let local = distinct.get(digest.bytes()).with_context(|| {
+                format!("the server wants {text}, which this package does not name")
+            })?;
+            upload(client, local, chunk_size, &ProgressBar::hidden()).await?;
+        }
+    }
 }
 
 /// `pull ID DEST`: all or nothing. Files land in a hidden sibling of DEST,
@@ -390,7 +421,15 @@ async fn download(
     let mut hasher = BlobHasher::new();
     let mut body = resp.bytes_stream();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.with_context(|| format!("downloading {}", f.path))?;
+                // The server ends a whole-file response early when the stored bytes
+        // fail its own check, so a break here may mean corruption there.
+        let chunk = chunk.map_err(|e| {
+            anyhow::anyhow!(
+                "downloading {}: the transfer broke off ({e}); the server aborts files whose \
+                 stored bytes do not match their digests, see its log",
+                f.path
+            )
+        })?;
         hasher.update(&chunk);
         out.write_all(&chunk).await?;
         progress.inc(chunk.len() as u64);
