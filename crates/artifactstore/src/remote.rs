@@ -421,7 +421,7 @@ async fn download(
     let mut hasher = BlobHasher::new();
     let mut body = resp.bytes_stream();
     while let Some(chunk) = body.next().await {
-                // The server ends a whole-file response early when the stored bytes
+        // The server ends a whole-file response early when the stored bytes
         // fail its own check, so a break here may mean corruption there.
         let chunk = chunk.map_err(|e| {
             anyhow::anyhow!(
