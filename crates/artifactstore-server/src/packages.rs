@@ -250,6 +250,8 @@ pub(crate) struct ListQuery {
     name: Option<String>,
     retention_class: Option<String>,
     eligible: Option<bool>,
+    /// Only packages the collector deleted (true) or live ones (false).
+    deleted: Option<bool>,
     cursor: Option<String>,
     limit: Option<u32>,
 }
@@ -275,6 +277,7 @@ pub(crate) async fn list(
         name: q.name,
         retention_class: q.retention_class,
         eligible: q.eligible,
+        deleted: q.deleted,
     };
     let page = app
         .store

@@ -750,6 +750,18 @@ async fn collection_views(m: &dyn MetadataStore) {
             .is_none()
     );
     assert_eq!(m.holds("pkg-1").await.expect("holds"), []);
+    let filter = |deleted| PackageFilter {
+        deleted: Some(deleted),
+        ..PackageFilter::default()
+    };
+    let deleted = m.packages(&filter(true), 0, 10).await.expect("list");
+    assert_eq!(deleted.len(), 2);
+    assert!(
+        m.packages(&filter(false), 0, 10)
+            .await
+            .expect("list")
+            .is_empty()
+    );
     let mut tx = m.begin().await.expect("begin");
     assert!(
         tx.collectable_packages(t(1000), 10)

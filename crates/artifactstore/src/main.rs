@@ -117,6 +117,9 @@ enum Command {
         /// Only packages that are (true) or are not (false) eligible for deletion.
         #[arg(long)]
         eligible: Option<bool>,
+        /// Only packages the collector deleted (true) or live ones (false).
+        #[arg(long)]
+        deleted: Option<bool>,
     },
     /// Show a package and its retention state.
     Show {
@@ -361,11 +364,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             name,
             class,
             eligible,
+            deleted,
         } => {
             let mut filters = Vec::new();
             filters.extend(name.map(|n| ("name", n)));
             filters.extend(class.map(|c| ("retention_class", c)));
             filters.extend(eligible.map(|e| ("eligible", e.to_string())));
+            filters.extend(deleted.map(|d| ("deleted", d.to_string())));
             remote::ls(&client.client(), &filters).await?;
             Ok(ExitCode::SUCCESS)
         }

@@ -466,6 +466,13 @@ pub(crate) async fn ls(client: &Client, filters: &[(&str, String)]) -> anyhow::R
             )?;
         }
         for p in &items {
+            let state = match p["deleted"]["at"].as_str() {
+                Some(at) => format!("deleted {at}"),
+                None => p["retention"]["current_expires_at"]
+                    .as_str()
+                    .unwrap_or("never")
+                    .to_owned(),
+            };
             out!(
                 "{:<36}  {:<24}  {:<17}  {:>6}  {:>12}  {:<27}  {}",
                 p["id"].as_str().unwrap_or("?"),
@@ -474,9 +481,7 @@ pub(crate) async fn ls(client: &Client, filters: &[(&str, String)]) -> anyhow::R
                 p["file_count"].as_u64().unwrap_or_default(),
                 p["total_size"].as_u64().unwrap_or_default(),
                 p["created_at"].as_str().unwrap_or("?"),
-                p["retention"]["current_expires_at"]
-                    .as_str()
-                    .unwrap_or("never"),
+                state,
             )?;
         }
         match next {

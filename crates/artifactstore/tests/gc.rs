@@ -184,6 +184,24 @@ async fn gc_deletes_an_expired_package_and_keeps_its_record() {
     );
     assert_eq!(events.last().map(String::as_str), Some("v1.blob.deleted"));
     ok_stdout(&admin(&["verify", "--deep"], &config, &data));
+    let ls = |deleted: &str| {
+        let out = binary()
+            .args(["ls", "--server", &server.base, "--deleted", deleted])
+            .output()
+            .unwrap();
+        ok_stdout(&out)
+    };
+    let listed = ls("true");
+    assert!(
+        listed.contains(&id) && listed.contains("deleted 20"),
+        "{listed}"
+    );
+    assert!(!listed.contains(keep_id), "{listed}");
+    let listed = ls("false");
+    assert!(
+        listed.contains(keep_id) && !listed.contains(&id),
+        "{listed}"
+    );
 
     // Nothing more to do; a bad flag is a one-line refusal.
     let again = ok_stdout(&admin(&["gc"], &config, &data));

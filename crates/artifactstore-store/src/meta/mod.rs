@@ -123,6 +123,8 @@ pub struct PackageFilter {
     pub name: Option<String>,
     pub retention_class: Option<String>,
     pub eligible: Option<bool>,
+    /// Deleted by the collector (true) or live (false).
+    pub deleted: Option<bool>,
 }
 
 /// A digest of every view's contents in a canonical row order, and the seq

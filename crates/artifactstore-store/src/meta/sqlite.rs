@@ -595,6 +595,11 @@ impl MetadataStore for SqliteMetadata {
             q.push(" AND r.eligible_for_deletion = ")
                 .push_bind(i64::from(eligible));
         }
+        match filter.deleted {
+            Some(true) => q.push(" AND r.deleted_seq IS NOT NULL"),
+            Some(false) => q.push(" AND r.deleted_seq IS NULL"),
+            None => &mut q,
+        };
         q.push(" ORDER BY p.created_seq LIMIT ")
             .push_bind(i64::from(limit));
         let rows = q.build().fetch_all(&self.reader).await?;
