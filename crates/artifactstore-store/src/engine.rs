@@ -329,7 +329,7 @@ impl Store {
             .await?
             .is_none()
         {
-            staged = Some(self.stage_bytes(bytes.clone()).await?);
+            staged = Some(self.stage_bytes(bytes.clone(), &manifest_id).await?);
         }
         let result = self
             .commit_package(
@@ -343,31 +343,36 @@ impl Store {
                 actor,
             )
             .await;
-        if let Some(id) = staged {
+        if let Some((id, _)) = staged {
             self.discard_staging(&id).await;
         }
         result
     }
 
-    /// Writes bytes whose digests are already known to a new staging object.
-    async fn stage_bytes(&self, bytes: Bytes) -> Result<String> {
+    /// Writes bytes whose digests are already known to a new staging object
+    /// and commits them to their location; returns the staging id and the
+    /// location.
+    async fn stage_bytes(&self, bytes: Bytes, blob: &BlobId) -> Result<(String, String)> {
         let id = self.new_id();
         self.blobs.staging_create(&id).await?;
-        let written = async {
+        let committed = async {
             let mut w = self.blobs.staging_append(&id).await?;
             w.write(bytes).await?;
-            w.finish().await
+            w.finish().await?;
+            self.blobs.staging_commit(&id, blob).await
         }
         .await;
-        if let Err(e) = written {
-            self.discard_staging(&id).await;
-            return Err(e.into());
+        match committed {
+            Ok(location) => Ok((id, location)),
+            Err(e) => {
+                self.discard_staging(&id).await;
+                Err(e.into())
+            }
         }
-        Ok(id)
     }
 
     /// The transaction of `create_package`. `staged` holds the manifest's
-    /// staged bytes, if any; it is emptied when they become the blob. If the
+    /// staging object and location, if its bytes were staged. If the
     /// manifest turns out to be missing under the lock (collected since the
     /// early look), its bytes are staged and the transaction taken again.
     #[allow(clippy::too_many_arguments)]
@@ -379,7 +384,7 @@ impl Store {
         rule: &ClassRule,
         refs: &References<'_>,
         bytes: &Bytes,
-        staged: &mut Option<String>,
+        staged: &mut Option<(String, String)>,
         actor: &str,
     ) -> Result<PackageRecord> {
         let mut tx = loop {
@@ -389,7 +394,7 @@ impl Store {
                 break tx;
             }
             drop(tx);
-            *staged = Some(self.stage_bytes(bytes.clone()).await?);
+            *staged = Some(self.stage_bytes(bytes.clone(), manifest_id).await?);
         };
         let mut found = Vec::with_capacity(refs.wanted.len());
         for d in refs.digests() {
@@ -421,11 +426,12 @@ impl Store {
             ..created.clone()
         };
         let mut appended = 2;
-        if let Some(id) = staged.as_deref() {
-            let stored = self.place_staged(&mut tx, id, *manifest_id, actor).await?;
+        if let Some((id, location)) = staged.as_ref() {
+            let stored = self
+                .record_blob(&mut tx, id, *manifest_id, location.clone(), actor)
+                .await?;
             if stored.created {
                 appended += 1;
-                *staged = None;
             }
         }
         tx.append(created, Some(manifest)).await?;
@@ -734,35 +740,42 @@ impl Store {
                 created: false,
             });
         }
+        let location = self.blobs.staging_commit(id, &blob).await?;
         let mut tx = self.meta.begin().await?;
         if session {
             tx.session_delete(id).await?;
         }
-        let stored = self.place_staged(&mut tx, id, blob, actor).await?;
+        let stored = self.record_blob(&mut tx, id, blob, location, actor).await?;
         tx.commit().await?;
         if stored.created {
             self.published(stored.record.stored_seq, 1);
-        } else {
-            self.discard_staging(id).await;
         }
+        self.discard_staging(id).await;
         Ok(stored)
     }
 
-    /// Inside `tx`: makes staged bytes the blob `blob` and records
-    /// `v1.blob.stored`, unless the blob is stored already (a concurrent
-    /// upload of the same bytes committed first; its row and event stand,
-    /// and the caller discards the staged bytes after the commit).
+    /// Inside `tx`: records staged bytes, already committed to `location`
+    /// (outside the lock, so uploads place their bytes in parallel), as the
+    /// blob `blob` with `v1.blob.stored`, unless the blob is stored already
+    /// (a concurrent upload of the same bytes committed first; its row and
+    /// event stand). The caller discards the staging object afterwards.
     ///
-    /// The bytes are put in place under the write lock, where the collector
-    /// trashes blobs too: on the filesystem a blob's path is fixed by its
-    /// digest, and a collector deleting an earlier copy of these bytes must
-    /// either finish before this rename or see this row. A crash before the
-    /// commit leaves bytes no row names, which the next collection removes.
-    async fn place_staged(
+    /// Whether the bytes are at `location` is decided here, under the write
+    /// lock, because the collector removes bytes under that lock too: on the
+    /// filesystem a blob's path is fixed by its digest, and a collector may
+    /// have trashed an earlier copy of these bytes, or taken freshly linked
+    /// ones for orphans, since the commit. Then they are committed again
+    /// from the staging object, which still holds them. So a row is only
+    /// ever written for bytes that exist when it commits, and the collector
+    /// deletes bytes only after seeing their row gone under the same lock.
+    /// A crash before the commit leaves bytes no row names, which the next
+    /// collection removes.
+    async fn record_blob(
         &self,
         tx: &mut Box<dyn MetaTx>,
         id: &str,
         blob: BlobId,
+        mut location: String,
         actor: &str,
     ) -> Result<StoredBlob> {
         if let Some(record) = tx.blob(&blob.sha256_digest()).await? {
@@ -771,7 +784,9 @@ impl Store {
                 created: false,
             });
         }
-        let location = self.blobs.staging_commit(id, &blob).await?;
+        if self.blobs.stat(&location).await? != Some(blob.size) {
+            location = self.blobs.staging_commit(id, &blob).await?;
+        }
         let data = EventData::BlobStored {
             blob,
             location: location.clone(),

@@ -138,6 +138,43 @@ impl Hashing {
     }
 }
 
+/// Blobs larger than this are hashed on their own thread while they are
+/// read, so hashing overlaps with sending instead of adding to it; smaller
+/// ones are hashed inline, cheaper than starting a thread.
+const THREADED_VERIFY_ABOVE: u64 = 1 << 20;
+
+/// Where a download's BLAKE3 is computed.
+enum Blake3 {
+    Inline(Box<blake3::Hasher>),
+    Thread {
+        tx: mpsc::Sender<Bytes>,
+        done: oneshot::Receiver<blake3::Hasher>,
+    },
+}
+
+impl Blake3 {
+    async fn update(&mut self, chunk: &Bytes) -> Result<(), HasherGone> {
+        match self {
+            Blake3::Inline(h) => {
+                h.update(chunk);
+                Ok(())
+            }
+            Blake3::Thread { tx, .. } => tx.send(chunk.clone()).await.map_err(|_| HasherGone),
+        }
+    }
+
+    async fn finish(self) -> Result<[u8; 32], HasherGone> {
+        let hasher = match self {
+            Blake3::Inline(h) => *h,
+            Blake3::Thread { tx, done } => {
+                drop(tx);
+                done.await.map_err(|_| HasherGone)?
+            }
+        };
+        Ok(*hasher.finalize().as_bytes())
+    }
+}
+
 /// Passes a whole blob's bytes through, hashing them with BLAKE3 on the way,
 /// and holds the last chunk back until the end proves the bytes are `blob`:
 /// on a mismatch the stream ends with an error instead of that chunk, so a
@@ -147,52 +184,62 @@ pub(crate) fn verified(inner: crate::blob::ByteStream, blob: BlobId) -> crate::b
     use futures::StreamExt;
     struct Verify {
         inner: crate::blob::ByteStream,
-        hasher: blake3::Hasher,
+        hasher: Option<Blake3>,
         len: u64,
         held: Option<Bytes>,
-        ended: bool,
     }
+    let hasher = if blob.size > THREADED_VERIFY_ABOVE {
+        let (tx, done) = spawn_hasher("verify", blake3::Hasher::new(), |h, c| {
+            h.update(c);
+        });
+        Blake3::Thread { tx, done }
+    } else {
+        Blake3::Inline(Box::default())
+    };
     let state = Verify {
         inner,
-        hasher: blake3::Hasher::new(),
+        hasher: Some(hasher),
         len: 0,
         held: None,
-        ended: false,
+    };
+    let failed = move |what: String| {
+        tracing::error!(blob = %blob.sha256_digest(), "{what}; read aborted");
+        std::io::Error::new(std::io::ErrorKind::InvalidData, what)
     };
     futures::stream::unfold(state, move |mut s| async move {
-        while !s.ended {
+        let hasher = s.hasher.as_mut()?;
+        loop {
             match s.inner.next().await {
                 Some(Ok(chunk)) => {
-                    s.hasher.update(&chunk);
+                    if hasher.update(&chunk).await.is_err() {
+                        s.hasher = None;
+                        return Some((Err(failed("hasher thread unavailable".into())), s));
+                    }
                     s.len += chunk.len() as u64;
                     if let Some(prev) = s.held.replace(chunk) {
                         return Some((Ok(prev), s));
                     }
                 }
                 Some(Err(e)) => {
-                    s.ended = true;
-                    s.held = None;
+                    s.hasher = None;
                     return Some((Err(e), s));
                 }
-                None => {
-                    s.ended = true;
-                    if s.len != blob.size || *s.hasher.finalize().as_bytes() != blob.blake3 {
-                        s.held = None;
-                        tracing::error!(
-                            blob = %blob.sha256_digest(),
-                            read = s.len,
-                            "stored bytes do not match the blob's digest; read aborted"
-                        );
-                        let e = std::io::Error::new(
-                            std::io::ErrorKind::InvalidData,
-                            format!("stored bytes of {} are corrupt", blob.sha256_digest()),
-                        );
-                        return Some((Err(e), s));
-                    }
-                }
+                None => break,
             }
         }
-        s.held.take().map(|last| (Ok(last), s))
+        let hash = s.hasher.take()?.finish().await;
+        let last = s.held.take();
+        match hash {
+            Ok(h) if h == blob.blake3 && s.len == blob.size => last.map(|c| (Ok(c), s)),
+            Ok(_) => Some((
+                Err(failed(format!(
+                    "stored bytes of {} do not match the blob's digest",
+                    blob.sha256_digest()
+                ))),
+                s,
+            )),
+            Err(_) => Some((Err(failed("hasher thread unavailable".into())), s)),
+        }
     })
     .boxed()
 }

@@ -455,30 +455,34 @@ async fn a_corrupt_blob_read_fails_before_the_end() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(T0.parse().unwrap()));
     let store = open(dir.path(), clock).await;
-    let data = pattern(1 << 20, 3);
-    let id = upload(&store, &data).await;
-    let record = store.blob(&id.sha256_digest()).await.unwrap();
-    let path = dir.path().join(&record.location);
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes[700_000] ^= 0x01;
-    std::fs::write(&path, &bytes).unwrap();
+    // Hashed inline, and on a thread beside the read.
+    for (size, flip) in [(1 << 20, 700_000), (5 << 20, (5 << 20) - 1)] {
+        let data = pattern(size, 3);
+        let id = upload(&store, &data).await;
+        let record = store.blob(&id.sha256_digest()).await.unwrap();
+        assert_eq!(read_all(&store, &id).await.unwrap(), data, "intact");
+        let path = dir.path().join(&record.location);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[flip] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
 
-    let mut stream = store.read_blob(&record, None).await.unwrap();
-    let mut received = 0;
-    let mut failed = false;
-    while let Some(chunk) = stream.next().await {
-        match chunk {
-            Ok(c) => received += c.len(),
-            Err(e) => {
-                assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
-                failed = true;
+        let mut stream = store.read_blob(&record, None).await.unwrap();
+        let mut received = 0;
+        let mut failed = false;
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(c) => received += c.len(),
+                Err(e) => {
+                    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+                    failed = true;
+                }
             }
         }
+        assert!(failed, "the read of {size} bytes must fail");
+        assert!(received < data.len(), "the body was cut short: {received}");
+        let range = store.read_blob(&record, Some(0..10)).await.unwrap();
+        assert_eq!(range.count().await, 1);
     }
-    assert!(failed, "the read must fail");
-    assert!(received < data.len(), "the body was cut short: {received}");
-    let range = store.read_blob(&record, Some(0..10)).await.unwrap();
-    assert_eq!(range.count().await, 1);
 }
 
 /// Tiny deterministic generator: the stress test's schedule comes from the

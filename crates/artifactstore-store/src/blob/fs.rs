@@ -3,7 +3,8 @@
 //! Layout under the root: `blobs/blake3/<2 hex>/<2 hex>/<64 hex>` for blobs,
 //! `staging/<id>` for uploads in progress and `trash/<stored_seq>.<location
 //! with '/' as '+'>` for blobs the collector is deleting, all on the same
-//! filesystem so that commit, trash and restore are renames. Durability follows the usual recipe: data fsynced
+//! filesystem, so that commit is a hard link and trash and restore are
+//! renames. Durability follows the usual recipe: data fsynced
 //! before acknowledging, rename into place, then the directory fsynced so the
 //! new name survives a crash too.
 
@@ -231,12 +232,16 @@ impl BlobBackend for FsBlobStore {
                 ));
             }
             create_dir_durable(&root, &rel_dir)?;
-            // The same bytes may already be in place (a concurrent upload of
-            // the same blob, or one that crashed after its rename): renaming
-            // over them is atomic and leaves identical content.
-            std::fs::rename(&from, &to)?;
-            fsync_dir(&root.join(&rel_dir))?;
-            fsync_dir(&root.join("staging"))
+            // A link, not a rename: the staged bytes stay reachable until
+            // the engine has recorded the blob, so it can place them again
+            // if a collector removed what was at the location meanwhile.
+            // Bytes already there (a concurrent upload of the same blob,
+            // or one that crashed before recording it) are the same bytes.
+            match std::fs::hard_link(&from, &to) {
+                Ok(()) => fsync_dir(&root.join(&rel_dir)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                Err(e) => Err(e),
+            }
         })
         .await
         .map_err(|e| {

@@ -1,8 +1,8 @@
 //! Where blob bytes live. A backend stores two kinds of object: *staging*
 //! objects (the bytes of an upload in progress, named by an id, appendable,
 //! durable after each append) and *blobs* (immutable, found by a location
-//! string recorded in the metadata). Committing a staging object turns it
-//! into a blob without copying its bytes.
+//! string recorded in the metadata). Committing a staging object makes its
+//! bytes readable as a blob without copying them.
 //!
 //! Every upload, monolithic or resumable, goes through staging: the
 //! monolithic `PUT /blobs` is one append followed by a commit.
@@ -60,9 +60,12 @@ pub trait BlobBackend: Send + Sync + std::fmt::Debug + 'static {
     async fn staging_append(&self, id: &str) -> Result<Box<dyn StagingWriter>, BlobError>;
     /// Reads back everything staged (to rebuild digest state after a restart).
     async fn staging_read(&self, id: &str) -> Result<ByteStream, BlobError>;
-    /// Turns the staging object into the blob `blob` and returns its
-    /// location. Durable when it returns. If the blob is already stored, the
-    /// staging object is discarded and the existing location returned.
+    /// Makes the staged bytes readable as the blob `blob`, durably, without
+    /// copying them, and returns its location. The staging object stays
+    /// until [`BlobBackend::staging_delete`]. If the location already holds
+    /// the blob's bytes, they are left as they are. May be called again for
+    /// the same staging object (when the bytes at the location went away in
+    /// between).
     async fn staging_commit(&self, id: &str, blob: &BlobId) -> Result<String, BlobError>;
     /// Cuts a staging object back to `len` bytes, a length an earlier
     /// [`StagingWriter::finish`] returned: undoes a refused append.
