@@ -189,6 +189,27 @@ async fn find_hold(
     row.as_ref().map(hold_record).transpose()
 }
 
+/// Up to `limit` packages whose `retention_state` row matches `condition`
+/// (SQL with one `?` for `now`, then its ORDER BY), chosen by an index on
+/// that table, so the work follows what is due, not the store's size.
+async fn packages_by_retention(
+    conn: &mut SqliteConnection,
+    condition: &'static str,
+    now: Timestamp,
+    limit: u32,
+) -> Result<Vec<PackageRecord>, MetaError> {
+    let sql = sqlx::AssertSqlSafe(format!(
+        "{PACKAGE_SELECT} WHERE r.package_id IN (SELECT package_id FROM retention_state \
+         WHERE {condition} LIMIT ?) ORDER BY p.created_seq"
+    ));
+    let rows = sqlx::query(sql)
+        .bind(now.to_string())
+        .bind(i64::from(limit))
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(package_record).collect()
+}
+
 /// Runs an UPDATE that must change exactly one row of a package's views.
 async fn update_one(
     conn: &mut SqliteConnection,
@@ -813,17 +834,9 @@ impl MetaTx for SqliteTx {
         now: Timestamp,
         limit: u32,
     ) -> Result<Vec<PackageRecord>, MetaError> {
-        let sql = sqlx::AssertSqlSafe(format!(
-            "{PACKAGE_SELECT} WHERE r.package_id IN (SELECT package_id FROM retention_state \
-             WHERE current_expires_at IS NOT NULL AND eligible_for_deletion = 0 \
-             AND current_expires_at <= ? AND active_holds = 0 ORDER BY current_expires_at LIMIT ?)"
-        ));
-        let rows = sqlx::query(sql)
-            .bind(now.to_string())
-            .bind(i64::from(limit))
-            .fetch_all(&mut *self.tx)
-            .await?;
-        rows.iter().map(package_record).collect()
+        let due = "current_expires_at IS NOT NULL AND eligible_for_deletion = 0 \
+             AND current_expires_at <= ? AND active_holds = 0 ORDER BY current_expires_at";
+        packages_by_retention(&mut self.tx, due, now, limit).await
     }
 
     async fn reset_views(&mut self) -> Result<(), MetaError> {
@@ -867,17 +880,9 @@ impl MetaTx for SqliteTx {
         now: Timestamp,
         limit: u32,
     ) -> Result<Vec<PackageRecord>, MetaError> {
-        let sql = sqlx::AssertSqlSafe(format!(
-            "{PACKAGE_SELECT} WHERE r.package_id IN (SELECT package_id FROM retention_state \
-             WHERE eligible_for_deletion = 1 AND deleted_seq IS NULL AND active_holds = 0 \
-             AND current_expires_at <= ? LIMIT ?) ORDER BY p.created_seq"
-        ));
-        let rows = sqlx::query(sql)
-            .bind(now.to_string())
-            .bind(i64::from(limit))
-            .fetch_all(&mut *self.tx)
-            .await?;
-        rows.iter().map(package_record).collect()
+        let collectable = "eligible_for_deletion = 1 AND deleted_seq IS NULL \
+             AND active_holds = 0 AND current_expires_at <= ? ORDER BY package_id";
+        packages_by_retention(&mut self.tx, collectable, now, limit).await
     }
 
     async fn exclusive_bytes(&mut self, package_id: &str) -> Result<u64, MetaError> {
