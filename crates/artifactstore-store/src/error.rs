@@ -83,7 +83,7 @@ pub enum StoreError {
     #[error("the event log is broken: {0}")]
     BrokenLog(#[from] artifactstore_core::event::ChainError),
     #[error("blob backend: {0}")]
-    Blob(#[from] crate::blob::BlobError),
+    Blob(crate::blob::BlobError),
     #[error("metadata backend: {0}")]
     Meta(#[from] crate::meta::MetaError),
 }
@@ -148,6 +148,17 @@ impl StoreError {
             StoreError::BrokenLog(_) | StoreError::Blob(_) | StoreError::Meta(_) => {
                 ErrorClass::Internal
             }
+        }
+    }
+}
+
+impl From<crate::blob::BlobError> for StoreError {
+    /// A staging object is only ever missing because its upload ended: it
+    /// was finished, aborted, or expired and collected meanwhile.
+    fn from(e: crate::blob::BlobError) -> StoreError {
+        match e {
+            crate::blob::BlobError::StagingNotFound(id) => StoreError::UploadNotFound(id),
+            other => StoreError::Blob(other),
         }
     }
 }

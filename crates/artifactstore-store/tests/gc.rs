@@ -644,7 +644,7 @@ async fn collection_never_deletes_what_a_package_references() {
     }
     let v = a.verify(true).await.unwrap();
     assert!(v.is_ok(), "{:?}", v.findings);
-    println!(
+    report(format_args!(
         "gc stress: {} collections ran ({} found the other collector busy) while {} packages \
          were created; {} creations were refused for blobs collected under them and retried; \
          collectors deleted {} packages and {} blobs; checked {} live packages byte for byte \
@@ -657,10 +657,38 @@ async fn collection_never_deletes_what_a_package_references() {
         blobs_deleted.load(Ordering::SeqCst),
         live,
         deleted,
-    );
+    ));
     assert!(collections.load(Ordering::SeqCst) >= COLLECTIONS);
     assert!(
         blobs_deleted.load(Ordering::SeqCst) > 0 && deleted > 0,
         "the collector did work"
     );
+}
+
+/// A session whose bytes were collected under it (it expired while a
+/// request was under way) answers "no such upload", not an internal error.
+#[tokio::test]
+async fn an_upload_whose_bytes_were_collected_is_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0.parse().unwrap()));
+    let store = open(dir.path(), clock).await;
+    let id = store.create_upload("ci").await.unwrap();
+    store
+        .append_upload(&id, 0, None, body(b"abc"))
+        .await
+        .unwrap();
+    std::fs::remove_file(dir.path().join("staging").join(&id)).unwrap();
+    let digest = BlobId::of(b"abc").sha256_digest();
+    let finish = store.finish_upload(&id, &[digest], None, "ci").await;
+    assert!(
+        matches!(finish, Err(StoreError::UploadNotFound(_))),
+        "{finish:?}"
+    );
+}
+
+/// Writes straight to stderr, past the test harness's capture (which takes
+/// only `print!`-family output), so the counts show in every CI log.
+fn report(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }

@@ -225,7 +225,7 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         .unwrap()
         .as_nanos() as u64
         | 1;
-    println!("crash test seed {seed}");
+    report(format_args!("crash test seed {seed}"));
     let runtime = tokio::runtime::Runtime::new().unwrap();
 
     let mut server = ServerProcess::start(&data, &["--config", &config_arg]);
@@ -356,7 +356,7 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         String::from_utf8_lossy(&verify.stdout)
     );
 
-    println!(
+    report(format_args!(
         "crash test: {KILLS} SIGKILLs in {:.0?} ({} collections logged between kills); \
          {} blobs acknowledged ({} through sessions), {} requests cut off by a kill, {} package \
          creations refused for collected blobs and retried; {} packages acknowledged: {live} \
@@ -370,6 +370,13 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         counts.failed_requests.load(Ordering::SeqCst),
         counts.reuploads.load(Ordering::SeqCst),
         acknowledged.len(),
-    );
+    ));
     assert!(live > 0 && deleted > 0, "both outcomes exercised");
+}
+
+/// Writes straight to stderr, past the test harness's capture (which takes
+/// only `print!`-family output), so the counts show in every CI log.
+fn report(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
