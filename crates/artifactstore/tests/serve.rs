@@ -353,6 +353,26 @@ async fn verify_and_rebuild_beside_a_running_server() {
         out.contains(&format!("FAIL blob {}", ids[2].sha256_digest())),
         "{out}"
     );
+
+    // A missing blob: even a shallow verify names it.
+    std::fs::remove_file(
+        data.join(artifactstore_store::blob::fs::FsBlobStore::location_of(
+            &ids[3],
+        )),
+    )
+    .unwrap();
+    let (ok, out) = admin(&["verify"]);
+    assert!(!ok);
+    assert!(
+        out.contains(&format!(
+            "FAIL blob {}: bytes missing",
+            ids[3].sha256_digest()
+        )),
+        "{out}"
+    );
+    let (ok, out) = admin(&["verify", "--deep"]);
+    assert!(!ok);
+    assert_eq!(out.matches("FAIL blob").count(), 2, "{out}");
 }
 
 /// The sweeper inside `serve` runs every `[retention] sweep_interval`: a
