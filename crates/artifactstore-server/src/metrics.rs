@@ -161,6 +161,31 @@ pub(crate) async fn render(State(app): State<AppState>) -> impl IntoResponse {
             "Events this process appended to the log.",
             stats.events_appended,
         ),
+        (
+            "artifactstore_gc_runs_total",
+            "Garbage collections this process completed.",
+            stats.collections,
+        ),
+        (
+            "artifactstore_gc_deleted_packages_total",
+            "Packages this process's collections deleted.",
+            stats.packages_deleted,
+        ),
+        (
+            "artifactstore_gc_deleted_blobs_total",
+            "Blobs this process's collections deleted.",
+            stats.blobs_deleted,
+        ),
+        (
+            "artifactstore_gc_deleted_bytes_total",
+            "Blob bytes this process's collections deleted.",
+            stats.bytes_deleted,
+        ),
+        (
+            "artifactstore_corrupt_reads_total",
+            "Whole-blob reads cut off because the stored bytes did not match their digest.",
+            stats.corrupt_reads,
+        ),
     ] {
         let _ = writeln!(
             out,

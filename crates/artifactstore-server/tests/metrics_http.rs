@@ -96,6 +96,44 @@ async fn counts_requests_latency_bytes_and_events() {
         200_000.0
     );
     assert_eq!(value(&text, "artifactstore_events_appended_total"), 1.0);
+    assert_eq!(value(&text, "artifactstore_corrupt_reads_total"), 0.0);
+    assert_eq!(value(&text, "artifactstore_gc_runs_total"), 0.0);
+
+    // A collection with no grace deletes the unreferenced blob; a corrupt
+    // blob's download is cut off and counted.
+    let settings = artifactstore_store::GcSettings {
+        grace: std::time::Duration::ZERO,
+        ..Default::default()
+    };
+    let report = server.store.collect(&settings, false).await.unwrap();
+    assert_eq!(report.blobs.len(), 1);
+    let corrupt = vec![9u8; 50_000];
+    let corrupt_id = BlobId::of(&corrupt);
+    client
+        .put_blob(&corrupt_id.sha256_digest(), corrupt)
+        .await
+        .unwrap();
+    let record = server
+        .store
+        .blob(&corrupt_id.sha256_digest())
+        .await
+        .unwrap();
+    std::fs::write(server.dir.path().join(&record.location), vec![8u8; 50_000]).unwrap();
+    assert!(
+        client
+            .get_blob_bytes(&corrupt_id.sha256_digest())
+            .await
+            .is_err()
+    );
+    let text = reqwest_get(&format!("{base}/metrics")).await.1;
+    assert_eq!(value(&text, "artifactstore_gc_runs_total"), 1.0);
+    assert_eq!(value(&text, "artifactstore_gc_deleted_blobs_total"), 1.0);
+    assert_eq!(
+        value(&text, "artifactstore_gc_deleted_bytes_total"),
+        100_000.0
+    );
+    assert_eq!(value(&text, "artifactstore_gc_deleted_packages_total"), 0.0);
+    assert_eq!(value(&text, "artifactstore_corrupt_reads_total"), 1.0);
 }
 
 async fn reqwest_get(url: &str) -> (String, String) {

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use artifactstore_core::event::{EventData, EventDraft};
@@ -96,14 +97,20 @@ pub struct Store {
     sessions: Mutex<HashMap<String, SessionSlot>>,
     /// The last seq this process committed, for live followers of the log.
     head: tokio::sync::watch::Sender<u64>,
-    stats: Counters,
+    pub(crate) stats: Arc<Counters>,
 }
 
 /// What this process has done since it started, for `/metrics`.
 #[derive(Debug, Default)]
-struct Counters {
-    ingested_bytes: std::sync::atomic::AtomicU64,
-    events_appended: std::sync::atomic::AtomicU64,
+pub(crate) struct Counters {
+    pub(crate) ingested_bytes: AtomicU64,
+    pub(crate) events_appended: AtomicU64,
+    pub(crate) collections: AtomicU64,
+    pub(crate) packages_deleted: AtomicU64,
+    pub(crate) blobs_deleted: AtomicU64,
+    pub(crate) bytes_deleted: AtomicU64,
+    /// Whole-blob reads aborted because the stored bytes failed their digest.
+    pub(crate) corrupt_reads: AtomicU64,
 }
 
 /// A reading of [`Store::stats`].
@@ -113,6 +120,14 @@ pub struct StoreStats {
     pub ingested_bytes: u64,
     /// Events this process appended to the log.
     pub events_appended: u64,
+    /// Collections this process completed (dry runs not counted).
+    pub collections: u64,
+    /// Packages, blobs and blob bytes those collections deleted.
+    pub packages_deleted: u64,
+    pub blobs_deleted: u64,
+    pub bytes_deleted: u64,
+    /// Whole-blob reads cut off because the stored bytes did not match.
+    pub corrupt_reads: u64,
 }
 
 impl Store {
@@ -129,7 +144,7 @@ impl Store {
             classes: options.classes,
             sessions: Mutex::new(HashMap::new()),
             head: tokio::sync::watch::Sender::new(0),
-            stats: Counters::default(),
+            stats: Arc::default(),
         }
     }
 
@@ -553,7 +568,7 @@ impl Store {
             Err(e) => return Err(e.into()),
         };
         Ok(if whole {
-            crate::hashing::verified(stream, record.blob)
+            crate::hashing::verified(stream, record.blob, self.stats.clone())
         } else {
             stream
         })
@@ -583,9 +598,15 @@ impl Store {
 
     pub fn stats(&self) -> StoreStats {
         use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.stats;
         StoreStats {
-            ingested_bytes: self.stats.ingested_bytes.load(Relaxed),
-            events_appended: self.stats.events_appended.load(Relaxed),
+            ingested_bytes: c.ingested_bytes.load(Relaxed),
+            events_appended: c.events_appended.load(Relaxed),
+            collections: c.collections.load(Relaxed),
+            packages_deleted: c.packages_deleted.load(Relaxed),
+            blobs_deleted: c.blobs_deleted.load(Relaxed),
+            bytes_deleted: c.bytes_deleted.load(Relaxed),
+            corrupt_reads: c.corrupt_reads.load(Relaxed),
         }
     }
 

@@ -144,6 +144,16 @@ impl Store {
             .await?;
         self.collect_orphaned_blobs(dry_run, &deleted, &mut report)
             .await?;
+        if !dry_run {
+            use std::sync::atomic::Ordering::Relaxed;
+            let c = &self.stats;
+            c.collections.fetch_add(1, Relaxed);
+            c.packages_deleted
+                .fetch_add(report.packages.len() as u64, Relaxed);
+            c.blobs_deleted
+                .fetch_add(report.blobs.len() as u64, Relaxed);
+            c.bytes_deleted.fetch_add(report.bytes_freed, Relaxed);
+        }
         Ok(report)
     }
 

@@ -180,13 +180,18 @@ impl Blake3 {
 /// on a mismatch the stream ends with an error instead of that chunk, so a
 /// reader never receives a complete body of wrong bytes. One digest is
 /// enough to detect corruption, and BLAKE3 is the fast one.
-pub(crate) fn verified(inner: crate::blob::ByteStream, blob: BlobId) -> crate::blob::ByteStream {
+pub(crate) fn verified(
+    inner: crate::blob::ByteStream,
+    blob: BlobId,
+    counters: std::sync::Arc<crate::engine::Counters>,
+) -> crate::blob::ByteStream {
     use futures::StreamExt;
     struct Verify {
         inner: crate::blob::ByteStream,
         hasher: Option<Blake3>,
         len: u64,
         held: Option<Bytes>,
+        counters: std::sync::Arc<crate::engine::Counters>,
     }
     let hasher = if blob.size > THREADED_VERIFY_ABOVE {
         let (tx, done) = spawn_hasher("verify", blake3::Hasher::new(), |h, c| {
@@ -201,6 +206,7 @@ pub(crate) fn verified(inner: crate::blob::ByteStream, blob: BlobId) -> crate::b
         hasher: Some(hasher),
         len: 0,
         held: None,
+        counters,
     };
     let failed = move |what: String| {
         tracing::error!(blob = %blob.sha256_digest(), "{what}; read aborted");
@@ -232,10 +238,15 @@ pub(crate) fn verified(inner: crate::blob::ByteStream, blob: BlobId) -> crate::b
         match hash {
             Ok(h) if h == blob.blake3 && s.len == blob.size => last.map(|c| (Ok(c), s)),
             Ok(_) => Some((
-                Err(failed(format!(
-                    "stored bytes of {} do not match the blob's digest",
-                    blob.sha256_digest()
-                ))),
+                Err({
+                    s.counters
+                        .corrupt_reads
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    failed(format!(
+                        "stored bytes of {} do not match the blob's digest",
+                        blob.sha256_digest()
+                    ))
+                }),
                 s,
             )),
             Err(_) => Some((Err(failed("hasher thread unavailable".into())), s)),
