@@ -99,6 +99,7 @@ impl From<StoreError> for Problem {
             ErrorClass::NotFound => StatusCode::NOT_FOUND,
             ErrorClass::Conflict => StatusCode::CONFLICT,
             ErrorClass::Gone => StatusCode::GONE,
+            ErrorClass::Corrupt => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorClass::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorClass::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorClass::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,

@@ -64,6 +64,10 @@ impl Default for StoreOptions {
     }
 }
 
+/// Whole blobs up to this size are read and checked against their digest
+/// before the response starts; larger ones are checked as they stream.
+const VERIFY_BEFORE_SENDING: u64 = 1 << 20;
+
 /// The largest page a listing returns.
 pub const MAX_PAGE: u32 = 1000;
 
@@ -534,10 +538,11 @@ impl Store {
     }
 
     /// Streams a stored blob, or a non-empty `range` within it. A whole
-    /// blob is verified as it streams: bytes that do not hash to the row's
-    /// BLAKE3 digest end the stream with an error before its last chunk,
-    /// so a reader never gets a complete wrong body. (A range cannot be
-    /// checked without reading the whole blob.)
+    /// blob is verified against the row's BLAKE3 digest: a small one before
+    /// its first byte is returned ([`StoreError::CorruptBlob`]), a large one
+    /// as it streams, where a mismatch ends the stream with an error before
+    /// its last chunk. Either way a reader never gets a complete wrong body.
+    /// (A range cannot be checked without reading the whole blob.)
     pub async fn read_blob(
         &self,
         record: &BlobRecord,
@@ -567,11 +572,37 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         };
-        Ok(if whole {
-            crate::hashing::verified(stream, record.blob, self.stats.clone())
-        } else {
-            stream
-        })
+        if !whole {
+            return Ok(stream);
+        }
+        if record.blob.size > VERIFY_BEFORE_SENDING {
+            return Ok(crate::hashing::verified(
+                stream,
+                record.blob,
+                self.stats.clone(),
+            ));
+        }
+        // Small enough to check before anything is sent: a corrupt one gets
+        // a clean error response instead of a cut-off body.
+        let mut stream = stream;
+        let mut bytes = bytes::BytesMut::with_capacity(record.blob.size as usize);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(BlobError::io(format!("reading {}", record.location)))?;
+            bytes.extend_from_slice(&chunk);
+        }
+        let bytes = bytes.freeze();
+        if bytes.len() as u64 != record.blob.size
+            || *blake3::hash(&bytes).as_bytes() != record.blob.blake3
+        {
+            self.stats
+                .corrupt_reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let digest = record.blob.sha256_digest();
+            tracing::error!(blob = %digest, location = %record.location,
+                "stored bytes do not match the blob's digest; read refused");
+            return Err(StoreError::CorruptBlob(digest));
+        }
+        Ok(futures::stream::once(std::future::ready(Ok(bytes))).boxed())
     }
 
     /// Upload sessions this process holds digest state for.

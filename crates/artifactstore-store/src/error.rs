@@ -24,6 +24,9 @@ pub enum ErrorClass {
     RangeNotSatisfiable,
     /// Not the client's fault; details are logged, not shown (500).
     Internal,
+    /// Stored data failed its own check (500, with the problem's code: the
+    /// client should know the server's copy is damaged, not retry).
+    Corrupt,
     /// A dependency is unavailable (503).
     Unavailable,
 }
@@ -76,6 +79,10 @@ pub enum StoreError {
     },
     #[error("another collector is running on this database")]
     CollectorBusy,
+    #[error(
+        "the stored bytes of {0} do not match its digest; the server's operator must restore it (see the server log)"
+    )]
+    CorruptBlob(Digest),
     #[error("package {package} has no file {path:?}")]
     FileNotFound { package: String, path: String },
     #[error("reading the request body failed: {0}")]
@@ -116,6 +123,7 @@ impl StoreError {
             StoreError::FileNotFound { .. } => "file-not-found",
             StoreError::PackageDeleted { .. } | StoreError::PackageGone { .. } => "package-deleted",
             StoreError::CollectorBusy => "collector-busy",
+            StoreError::CorruptBlob(_) => "blob-corrupt",
             StoreError::BrokenLog(_) => "log-broken",
             StoreError::Blob(_) | StoreError::Meta(_) => "internal",
         }
@@ -148,6 +156,7 @@ impl StoreError {
             StoreError::BrokenLog(_) | StoreError::Blob(_) | StoreError::Meta(_) => {
                 ErrorClass::Internal
             }
+            StoreError::CorruptBlob(_) => ErrorClass::Corrupt,
         }
     }
 }

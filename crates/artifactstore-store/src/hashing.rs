@@ -138,48 +138,12 @@ impl Hashing {
     }
 }
 
-/// Blobs larger than this are hashed on their own thread while they are
-/// read, so hashing overlaps with sending instead of adding to it; smaller
-/// ones are hashed inline, cheaper than starting a thread.
-const THREADED_VERIFY_ABOVE: u64 = 1 << 20;
-
-/// Where a download's BLAKE3 is computed.
-enum Blake3 {
-    Inline(Box<blake3::Hasher>),
-    Thread {
-        tx: mpsc::Sender<Bytes>,
-        done: oneshot::Receiver<blake3::Hasher>,
-    },
-}
-
-impl Blake3 {
-    async fn update(&mut self, chunk: &Bytes) -> Result<(), HasherGone> {
-        match self {
-            Blake3::Inline(h) => {
-                h.update(chunk);
-                Ok(())
-            }
-            Blake3::Thread { tx, .. } => tx.send(chunk.clone()).await.map_err(|_| HasherGone),
-        }
-    }
-
-    async fn finish(self) -> Result<[u8; 32], HasherGone> {
-        let hasher = match self {
-            Blake3::Inline(h) => *h,
-            Blake3::Thread { tx, done } => {
-                drop(tx);
-                done.await.map_err(|_| HasherGone)?
-            }
-        };
-        Ok(*hasher.finalize().as_bytes())
-    }
-}
-
-/// Passes a whole blob's bytes through, hashing them with BLAKE3 on the way,
-/// and holds the last chunk back until the end proves the bytes are `blob`:
-/// on a mismatch the stream ends with an error instead of that chunk, so a
-/// reader never receives a complete body of wrong bytes. One digest is
-/// enough to detect corruption, and BLAKE3 is the fast one.
+/// Passes a whole blob's bytes through, hashing them with BLAKE3 on a
+/// thread of its own (so hashing overlaps with sending), and holds the last
+/// chunk back until the end proves the bytes are `blob`: on a mismatch the
+/// stream ends with an error instead of that chunk, so a reader never
+/// receives a complete body of wrong bytes. One digest is enough to detect
+/// corruption, and BLAKE3 is the fast one.
 pub(crate) fn verified(
     inner: crate::blob::ByteStream,
     blob: BlobId,
@@ -188,22 +152,16 @@ pub(crate) fn verified(
     use futures::StreamExt;
     struct Verify {
         inner: crate::blob::ByteStream,
-        hasher: Option<Blake3>,
+        hasher: Option<(mpsc::Sender<Bytes>, oneshot::Receiver<blake3::Hasher>)>,
         len: u64,
         held: Option<Bytes>,
         counters: std::sync::Arc<crate::engine::Counters>,
     }
-    let hasher = if blob.size > THREADED_VERIFY_ABOVE {
-        let (tx, done) = spawn_hasher("verify", blake3::Hasher::new(), |h, c| {
-            h.update(c);
-        });
-        Blake3::Thread { tx, done }
-    } else {
-        Blake3::Inline(Box::default())
-    };
     let state = Verify {
         inner,
-        hasher: Some(hasher),
+        hasher: Some(spawn_hasher("verify", blake3::Hasher::new(), |h, c| {
+            h.update(c);
+        })),
         len: 0,
         held: None,
         counters,
@@ -213,11 +171,11 @@ pub(crate) fn verified(
         std::io::Error::new(std::io::ErrorKind::InvalidData, what)
     };
     futures::stream::unfold(state, move |mut s| async move {
-        let hasher = s.hasher.as_mut()?;
+        let (tx, _) = s.hasher.as_ref()?;
         loop {
             match s.inner.next().await {
                 Some(Ok(chunk)) => {
-                    if hasher.update(&chunk).await.is_err() {
+                    if tx.send(chunk.clone()).await.is_err() {
                         s.hasher = None;
                         return Some((Err(failed("hasher thread unavailable".into())), s));
                     }
@@ -233,22 +191,23 @@ pub(crate) fn verified(
                 None => break,
             }
         }
-        let hash = s.hasher.take()?.finish().await;
+        let (tx, done) = s.hasher.take()?;
+        drop(tx);
         let last = s.held.take();
-        match hash {
-            Ok(h) if h == blob.blake3 && s.len == blob.size => last.map(|c| (Ok(c), s)),
-            Ok(_) => Some((
-                Err({
-                    s.counters
-                        .corrupt_reads
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    failed(format!(
-                        "stored bytes of {} do not match the blob's digest",
-                        blob.sha256_digest()
-                    ))
-                }),
-                s,
-            )),
+        match done.await {
+            Ok(h) if *h.finalize().as_bytes() == blob.blake3 && s.len == blob.size => {
+                last.map(|c| (Ok(c), s))
+            }
+            Ok(_) => {
+                s.counters
+                    .corrupt_reads
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let what = format!(
+                    "stored bytes of {} do not match the blob's digest",
+                    blob.sha256_digest()
+                );
+                Some((Err(failed(what)), s))
+            }
             Err(_) => Some((Err(failed("hasher thread unavailable".into())), s)),
         }
     })

@@ -448,14 +448,15 @@ async fn only_one_collector_runs_at_a_time() {
     store.collect(&settings(HOUR), false).await.unwrap();
 }
 
-/// A whole blob whose bytes changed on disk is never served complete: the
-/// stream fails before its last chunk. Ranges are served as stored.
+/// A whole blob whose bytes changed on disk is never served complete: a
+/// small one is refused before its first byte, a large one's stream fails
+/// before its last chunk. Ranges are served as stored.
 #[tokio::test]
 async fn a_corrupt_blob_read_fails_before_the_end() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(T0.parse().unwrap()));
     let store = open(dir.path(), clock).await;
-    // Hashed inline, and on a thread beside the read.
+    // Checked before sending, and while streaming.
     for (size, flip) in [(1 << 20, 700_000), (5 << 20, (5 << 20) - 1)] {
         let data = pattern(size, 3);
         let id = upload(&store, &data).await;
@@ -466,6 +467,14 @@ async fn a_corrupt_blob_read_fails_before_the_end() {
         bytes[flip] ^= 0x01;
         std::fs::write(&path, &bytes).unwrap();
 
+        if size <= 1 << 20 {
+            // Small: checked before the first byte, refused cleanly.
+            let err = store.read_blob(&record, None).await.map(drop).unwrap_err();
+            assert!(matches!(err, StoreError::CorruptBlob(d) if d == id.sha256_digest()));
+            assert_eq!(err.code(), "blob-corrupt");
+            continue;
+        }
+        // Large: checked as it streams, cut off before the end.
         let mut stream = store.read_blob(&record, None).await.unwrap();
         let mut received = 0;
         let mut failed = false;

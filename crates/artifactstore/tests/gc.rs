@@ -210,8 +210,8 @@ async fn gc_deletes_an_expired_package_and_keeps_its_record() {
     assert!(!bad.status.success());
 }
 
-/// A whole-blob download of bytes that changed on disk is cut short: the
-/// client never receives a complete wrong body.
+/// A whole-blob download of bytes that changed on disk never arrives
+/// complete: a large one is cut short, a small one refused with a 500.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_corrupt_blob_download_is_aborted() {
     let (_tmp, data) = temp_dir();
@@ -233,18 +233,46 @@ async fn a_corrupt_blob_download_is_aborted() {
     assert_eq!(resp.content_length(), Some(bytes.len() as u64));
     let body = resp.bytes().await;
     assert!(body.is_err(), "the body must not arrive complete");
-    assert!(
+    // The log arrives through a pipe; give it a moment.
+    let logged = || {
         server
             .log()
             .iter()
-            .any(|l| l.contains("do not match the blob's digest")),
-        "{:?}",
-        server.log()
-    );
+            .any(|l| l.contains("do not match the blob's digest"))
+    };
+    for _ in 0..50 {
+        if logged() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(logged(), "{:?}", server.log());
     // A range is served as stored: it cannot be checked without the rest.
     let part = client
         .get_blob(&id.sha256_digest(), Some("bytes=0-99"))
         .await
         .unwrap();
     assert_eq!(part.bytes().await.unwrap().as_ref(), &bytes[..100]);
+
+    // A small blob is checked before the response starts: a clean 500.
+    let small = b"a small report".to_vec();
+    let small_id = BlobId::of(&small);
+    client
+        .put_blob(&small_id.sha256_digest(), small)
+        .await
+        .unwrap();
+    let path = data.join(artifactstore_store::blob::fs::FsBlobStore::location_of(
+        &small_id,
+    ));
+    std::fs::write(&path, b"a smell report").unwrap();
+    let resp = reqwest::get(format!(
+        "{}/blobs/{}",
+        server.base,
+        small_id.sha256_digest()
+    ))
+    .await
+    .unwrap();
+    let (status, p) = problem_of(resp).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(p["type"], "urn:artifactstore:problem:blob-corrupt");
 }
