@@ -25,8 +25,10 @@ fn example() -> &'static Path {
 fn cli(args: &[&str], server: &str, config: &Path, data: &Path) -> String {
     let mut cmd = binary();
     cmd.args(args).env("ARTIFACTSTORE_URL", server);
-    // The admin command works on the store itself, like serve.
-    if args.first() == Some(&"retention") && args.get(1) == Some(&"sweep") {
+    // The admin commands work on the store itself, like serve.
+    let admin = args.first() == Some(&"gc")
+        || (args.first() == Some(&"retention") && args.get(1) == Some(&"sweep"));
+    if admin {
         cmd.arg("--config").arg(config).arg("--data-dir").arg(data);
     }
     let out: Output = cmd.output().unwrap();
@@ -199,4 +201,27 @@ async fn a_guide_board_run_through_its_retention_lifecycle() {
     assert_eq!(history[4]["actor"], "sweeper");
     run(&["pull", &id, tmp.path().join("still-here").to_str().unwrap()]);
     assert!(tmp.path().join("still-here/screenshots/board.png").exists());
+
+    // 6. The collector deletes it (issue 5): the record and its trail stay,
+    // its files answer 410 (the bytes go once `[gc] grace` has passed).
+    let dry = run(&["gc", "--dry-run"]);
+    assert!(dry.contains(&format!("would delete package {id}")), "{dry}");
+    let real = run(&["gc"]);
+    assert!(real.contains(&format!("deleted package {id}")), "{real}");
+    let package = client.package(&id).await.unwrap();
+    assert_eq!(package["deleted"]["reason"], "retention expired");
+    assert_eq!(retention_events(&client, &id).await, trail);
+    let gone = binary()
+        .args(["pull", &id])
+        .arg(tmp.path().join("too-late"))
+        .env("ARTIFACTSTORE_URL", &server.base)
+        .output()
+        .unwrap();
+    assert!(!gone.status.success());
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("package-deleted"),
+        "{}",
+        String::from_utf8_lossy(&gone.stderr)
+    );
+    assert!(!tmp.path().join("too-late").exists());
 }
