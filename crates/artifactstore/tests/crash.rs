@@ -1,7 +1,9 @@
 //! Crash safety (issue 5): the server is killed with SIGKILL at random
 //! moments while clients upload (in one request and in resumable sessions),
 //! create packages, and while its own sweeper and collector run every
-//! second with no grace period. It is restarted each time. Afterwards the
+//! second with no grace period. It is restarted each time. Beside it,
+//! `artifactstore gc` processes on the same store are killed mid-run, over
+//! and over. Afterwards the
 //! store verifies deeply, every acknowledged package is complete or was
 //! deleted by the collector after it expired, and what the kills left
 //! behind is exactly what the next collection removes.
@@ -183,6 +185,16 @@ async fn client_loop(
     acknowledged
 }
 
+/// Trashed blobs the server put back (at start or before a collection):
+/// the `restored=N` of its log lines.
+fn restored_in(log: &[String]) -> u64 {
+    log.iter()
+        .filter_map(|l| l.split("restored=").nth(1))
+        .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum()
+}
+
 fn files_in(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -245,22 +257,54 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         })
         .collect();
 
+    // Beside the server, `artifactstore gc` processes on the same store,
+    // each killed at a random moment: kills that land inside a collection
+    // (between a trash move and its commit, inside a batch, …).
+    let collector = {
+        let (stop, data, config_arg) = (stop.clone(), data.clone(), config_arg.clone());
+        std::thread::spawn(move || {
+            let mut rng = XorShift(seed.rotate_left(17) | 1);
+            let (mut killed, mut finished) = (0u32, 0u32);
+            while !stop.load(Ordering::SeqCst) {
+                let mut gc = binary()
+                    .args(["gc", "--config", &config_arg, "--data-dir"])
+                    .arg(&data)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap();
+                std::thread::sleep(Duration::from_millis(5 + rng.next(60)));
+                if gc.try_wait().unwrap().is_none() {
+                    let _ = gc.kill();
+                    killed += 1;
+                } else {
+                    finished += 1;
+                }
+                let _ = gc.wait();
+            }
+            (killed, finished)
+        })
+    };
+
     let mut rng = XorShift(seed);
     let started = Instant::now();
     let mut collections_logged = 0;
+    let mut restored = 0;
     for _ in 0..KILLS {
         std::thread::sleep(Duration::from_millis(100 + rng.next(600)));
-        collections_logged += server
-            .log()
+        let log = server.log();
+        collections_logged += log
             .iter()
             .filter(|l| l.contains("garbage collection"))
             .count();
+        restored += restored_in(&log);
         server.kill9();
         server = ServerProcess::start(&data, &["--config", &config_arg]);
         *base.lock().unwrap() = server.base.clone();
     }
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::SeqCst);
+    let (gc_killed, gc_finished) = collector.join().unwrap();
     let acknowledged: Vec<Acknowledged> = runtime
         .block_on(futures::future::join_all(clients))
         .into_iter()
@@ -357,7 +401,9 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     );
 
     report(format_args!(
-        "crash test: {KILLS} SIGKILLs in {:.0?} ({} collections logged between kills); \
+        "crash test: {KILLS} SIGKILLs of the server in {:.0?} ({} collections logged between \
+         kills), and {gc_killed} of `artifactstore gc` processes mid-run ({gc_finished} ran to \
+                  the end; the server put back {restored} trashed blob(s) of interrupted ones); \
          {} blobs acknowledged ({} through sessions), {} requests cut off by a kill, {} package \
          creations refused for collected blobs and retried; {} packages acknowledged: {live} \
          complete byte for byte, {deleted} deleted by the collector after expiry; left for the \
@@ -372,6 +418,7 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         acknowledged.len(),
     ));
     assert!(live > 0 && deleted > 0, "both outcomes exercised");
+    assert!(gc_killed >= 50, "collections killed: {gc_killed}");
 }
 
 /// Writes straight to stderr, past the test harness's capture (which takes
