@@ -276,3 +276,51 @@ async fn a_corrupt_blob_download_is_aborted() {
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(p["type"], "urn:artifactstore:problem:blob-corrupt");
 }
+
+/// A collection killed between moving a blob to the trash and committing
+/// leaves a referenced blob unreadable; `serve` puts it back before it
+/// answers its first request.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_puts_back_what_an_interrupted_collection_trashed() {
+    let (_tmp, data) = temp_dir();
+    let server = ServerProcess::start(&data, &[]);
+    let client = Client::new(&server.base);
+    let bytes = b"evidence that must last".to_vec();
+    let id = BlobId::of(&bytes);
+    client
+        .put_blob(&id.sha256_digest(), bytes.clone())
+        .await
+        .unwrap();
+    let package = client
+        .create_package(&manifest(&[("report", &bytes)]), "permanent-record")
+        .await
+        .unwrap();
+    server.kill9();
+
+    // What the collector's trash move looks like on disk.
+    let store = artifactstore_store::Store::open_embedded(&data, None, Default::default())
+        .await
+        .unwrap();
+    let record = store.blob(&id.sha256_digest()).await.unwrap();
+    drop(store);
+    let trashed = data.join("trash").join(format!(
+        "{}.{}",
+        record.stored_seq,
+        record.location.replace('/', "+")
+    ));
+    std::fs::rename(data.join(&record.location), &trashed).unwrap();
+
+    let server = ServerProcess::start(&data, &[]);
+    let client = Client::new(&server.base);
+    let file = client
+        .package_file(package["id"].as_str().unwrap(), "report")
+        .await
+        .unwrap();
+    assert_eq!(file.bytes().await.unwrap().as_ref(), &bytes[..]);
+    assert!(!trashed.exists());
+    assert!(
+        server.log().iter().any(|l| l.contains("restored=1")),
+        "{:?}",
+        server.log()
+    );
+}
