@@ -224,6 +224,7 @@ impl BlobBackend for FsBlobStore {
             .map(Path::to_path_buf)
             .unwrap_or_default();
         let id_owned = id.to_owned();
+        let size = blob.size;
         blocking(move || {
             if !from.exists() {
                 return Err(std::io::Error::new(
@@ -239,7 +240,17 @@ impl BlobBackend for FsBlobStore {
             // or one that crashed before recording it) are the same bytes.
             match std::fs::hard_link(&from, &to) {
                 Ok(()) => fsync_dir(&root.join(&rel_dir)),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    if std::fs::metadata(&to)?.len() == size {
+                        return Ok(());
+                    }
+                    // Not these bytes (damaged, or not ours): replaced
+                    // atomically through a second name for the staged file.
+                    let aside = from.with_extension("replace");
+                    let _ = std::fs::remove_file(&aside);
+                    std::fs::hard_link(&from, &aside)?;
+                    rename_durable(&aside, &to)
+                }
                 Err(e) => Err(e),
             }
         })

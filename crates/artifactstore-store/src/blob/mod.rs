@@ -63,7 +63,8 @@ pub trait BlobBackend: Send + Sync + std::fmt::Debug + 'static {
     /// Makes the staged bytes readable as the blob `blob`, durably, without
     /// copying them, and returns its location. The staging object stays
     /// until [`BlobBackend::staging_delete`]. If the location already holds
-    /// the blob's bytes, they are left as they are. May be called again for
+    /// the blob's bytes (as far as a size check tells), they are left as
+    /// they are; anything else there is replaced. May be called again for
     /// the same staging object (when the bytes at the location went away in
     /// between).
     async fn staging_commit(&self, id: &str, blob: &BlobId) -> Result<String, BlobError>;
