@@ -396,9 +396,11 @@ impl Store {
     }
 }
 
-/// The creation time a UUID v7 carries.
+/// The creation time the UUID v7 at the start of a staging name carries
+/// (a name may have a suffix, as the filesystem's `<id>-replace`).
 fn id_time(id: &str) -> Option<Timestamp> {
-    let (secs, nanos) = uuid::Uuid::parse_str(id).ok()?.get_timestamp()?.to_unix();
+    let uuid = uuid::Uuid::parse_str(id.get(..36)?).ok()?;
+    let (secs, nanos) = uuid.get_timestamp()?.to_unix();
     Timestamp::from_unix_micros(i64::try_from(secs).ok()? * 1_000_000 + i64::from(nanos / 1000))
 }
 

@@ -410,6 +410,12 @@ async fn crash_leftovers_are_recovered_or_removed() {
         0,
     ));
     std::fs::write(root.join("staging").join(old_staging.to_string()), b"half").unwrap();
+    // The second name a commit uses to replace damaged bytes.
+    std::fs::write(
+        root.join("staging").join(format!("{old_staging}-replace")),
+        b"half",
+    )
+    .unwrap();
     let fresh = store.create_upload("ci").await.unwrap();
 
     let report = store.collect(&settings(HOUR), false).await.unwrap();
@@ -419,7 +425,7 @@ async fn crash_leftovers_are_recovered_or_removed() {
             report.orphaned_staging,
             report.restored
         ),
-        (1, 1, 0)
+        (1, 2, 0)
     );
     assert!(files_under(&root.join("trash")).is_empty());
     assert!(!orphan_path.exists());

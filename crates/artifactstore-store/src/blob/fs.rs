@@ -246,7 +246,9 @@ impl BlobBackend for FsBlobStore {
                     }
                     // Not these bytes (damaged, or not ours): replaced
                     // atomically through a second name for the staged file.
-                    let aside = from.with_extension("replace");
+                    // A valid staging name of the same age, so that a crash
+                    // here leaves nothing the collector cannot remove.
+                    let aside = from.with_file_name(format!("{id_owned}-replace"));
                     let _ = std::fs::remove_file(&aside);
                     std::fs::hard_link(&from, &aside)?;
                     rename_durable(&aside, &to)
