@@ -1,28 +1,41 @@
 #!/usr/bin/env bash
 # A/B of two builds on the two hot paths a change to the commit or read path
 # touches: small-blob uploads (4 KiB, 8 connections, blobs/s) and a whole
-# 1 GiB download (MiB/s). Builds the release binary of REV (in a temporary
-# worktree) and of the working tree, then alternates them ROUNDS times on
-# the same file, so both see the same noise. Prints one row per run and the
-# median of each column.
+# 1 GiB download (MiB/s). Builds the release binaries of BEFORE and AFTER
+# (each in a temporary worktree; AFTER defaults to the working tree), then
+# alternates them ROUNDS times on the same file, so both see the same noise.
+# Prints one row per run and the median of each column.
 #
-#   bench/ab.sh REV [ROUNDS]       (default 5)
+#   [ROUNDS=5] bench/ab.sh BEFORE [AFTER]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rev=$1; rounds=${2:-5}
+before_rev=$1; after_rev=${2:-}; rounds=${ROUNDS:-5}
 work=$(mktemp -d "${TMPDIR:-/tmp}/as-ab.XXXXXX")
 server=""
 cleanup() {
     [ -n "$server" ] && kill "$server" 2>/dev/null
-    git worktree remove --force "$work/before" 2>/dev/null || true
+    for w in before after; do git worktree remove --force "$work/$w" 2>/dev/null || true; done
     rm -rf "$work"
 }
 trap cleanup EXIT
 
-git worktree add -q --detach "$work/before" "$rev"
-(cd "$work/before" && cargo build --release -q -p artifactstore)
-cargo build --release -q -p artifactstore
-declare -A bins=([before]="$work/before/target/release/artifactstore" [after]="$PWD/target/release/artifactstore")
+# Both revisions build into one target directory (dependencies compile
+# once, and again never on a later run); each binary is copied out.
+target=$PWD/target/ab
+build() { # REV NAME -> path of its binary
+    git worktree add -q --detach "$work/$2" "$1"
+    (cd "$work/$2" && CARGO_TARGET_DIR=$target cargo build --release -q -p artifactstore)
+    cp "$target/release/artifactstore" "$work/$2.bin"
+    echo "$work/$2.bin"
+}
+before_bin=$(build "$before_rev" before)
+if [ -n "$after_rev" ]; then
+    after_bin=$(build "$after_rev" after)
+else
+    cargo build --release -q -p artifactstore
+    after_bin=$PWD/target/release/artifactstore
+fi
+declare -A bins=([before]="$before_bin" [after]="$after_bin")
 
 head -c $((1024 << 20)) /dev/urandom > "$work/big"
 sha=$(sha256sum "$work/big" | cut -d' ' -f1)

@@ -78,7 +78,6 @@ pub struct DeletedPackage {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GcReport {
     pub dry_run: bool,
-    pub started_at: Option<Timestamp>,
     pub packages: Vec<DeletedPackage>,
     pub blobs: Vec<BlobId>,
     /// The bytes of the deleted blobs.
@@ -112,7 +111,6 @@ impl Store {
         let now = self.clock.now();
         let mut report = GcReport {
             dry_run,
-            started_at: Some(now),
             ..GcReport::default()
         };
         if !dry_run {
@@ -203,6 +201,7 @@ impl Store {
         now: Timestamp,
         dry_run: bool,
         trashed: &mut Vec<Trashed>,
+        // Filled in a dry run only: what the rolled-back run deleted.
         deleted_locations: &mut HashSet<String>,
         report: &mut GcReport,
     ) -> Result<()> {
@@ -256,7 +255,9 @@ impl Store {
                         stored_seq: record.stored_seq,
                     });
                 }
-                deleted_locations.insert(record.location.clone());
+                if dry_run {
+                    deleted_locations.insert(record.location.clone());
+                }
                 let subject = record.blob.sha256_digest().to_string();
                 let data = EventData::BlobDeleted { blob: record.blob };
                 self.record(&mut tx, &mut pending, &subject, data).await?;

@@ -680,8 +680,10 @@ async fn collection_never_deletes_what_a_package_references() {
     );
 }
 
-/// A session whose bytes were collected under it (it expired while a
-/// request was under way) answers "no such upload", not an internal error.
+/// A session whose staged bytes are gone (collected after it expired)
+/// answers "no such upload", not an internal error. (The narrower race, bytes
+/// going while a request is under way, is mapped the same way by
+/// `From<BlobError> for StoreError` but has no deterministic trigger.)
 #[tokio::test]
 async fn an_upload_whose_bytes_were_collected_is_not_found() {
     let dir = tempfile::tempdir().unwrap();
