@@ -24,7 +24,6 @@ use crate::blob::{BlobBackend, BlobError, ByteStream};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Result, StoreError};
 use crate::hashing::HashState;
-use crate::meta::sqlite::SqliteMetadata;
 use crate::meta::{
     BlobRecord, MetaError, MetaTx, MetadataStore, PackageFile, PackageFilter, PackageRecord,
     StoredEvent, UploadSession,
@@ -162,8 +161,8 @@ impl Store {
     ) -> Result<Store> {
         let blobs = FsBlobStore::open(data_dir).await?;
         let meta = match metadata_url {
-            Some(url) => SqliteMetadata::open(url).await?,
-            None => SqliteMetadata::open_path(&data_dir.join("meta.sqlite")).await?,
+            Some(url) => crate::meta::open(url).await?,
+            None => crate::meta::sqlite::open_path(&data_dir.join("meta.sqlite")).await?,
         };
         Ok(Store::new(Arc::new(meta), Arc::new(blobs), options))
     }

@@ -3,11 +3,16 @@
 //! SHA-256 and BLAKE3 run concurrently with each other and with the write to
 //! the backend: each chunk (`Bytes`, reference-counted, never copied) is sent
 //! to both hasher threads and to the writer. Between requests of a resumable
-//! upload the state is a plain value ([`HashState`]) with no thread held.
+//! upload the state is a plain value ([`HashState`]) with no thread held, and
+//! it can be written out as a [checkpoint](HashState::checkpoint) so that
+//! another process (another node) resumes the upload without reading back
+//! the bytes before it.
 
 use artifactstore_core::BlobId;
+use blake3::hazmat::{ChainingValue, HasherExt, Mode};
 use bytes::Bytes;
 use sha2::Digest as _;
+use sha2::digest::common::hazmat::SerializableState;
 use tokio::sync::{mpsc, oneshot};
 
 /// Chunks queued per hasher before the sender waits: enough to ride out
@@ -18,7 +23,7 @@ const QUEUE_DEPTH: usize = 16;
 #[derive(Clone, Default)]
 pub struct HashState {
     sha256: sha2::Sha256,
-    blake3: blake3::Hasher,
+    blake3: Blake3State,
     len: u64,
 }
 
@@ -29,6 +34,14 @@ impl std::fmt::Debug for HashState {
             .finish_non_exhaustive()
     }
 }
+
+/// A checkpoint that does not decode (damaged, or from another version).
+#[derive(Debug, thiserror::Error)]
+#[error("invalid digest checkpoint: {0}")]
+pub struct BadCheckpoint(&'static str);
+
+/// Version tag of the checkpoint layout.
+const CHECKPOINT_MAGIC: &[u8; 4] = b"ASH1";
 
 impl HashState {
     pub fn new() -> HashState {
@@ -44,16 +57,72 @@ impl HashState {
     pub fn finish(&self) -> BlobId {
         BlobId {
             sha256: self.sha256.clone().finalize().into(),
-            blake3: *self.blake3.finalize().as_bytes(),
+            blake3: self.blake3.finalize(),
             size: self.len,
         }
     }
+
+    /// The state as bytes: SHA-256's internal state with its partial block,
+    /// BLAKE3's stack of finished subtrees, and the bytes of its unfinished
+    /// subtree (at most [`BLAKE3_SUBTREE`]).
+    pub fn checkpoint(&self) -> Vec<u8> {
+        let sha = self.sha256.serialize();
+        let b = &self.blake3;
+        let mut out = Vec::with_capacity(64 + sha.len() + b.stack.len() * 32 + b.kept_len());
+        out.extend_from_slice(CHECKPOINT_MAGIC);
+        out.extend_from_slice(&self.len.to_be_bytes());
+        out.extend_from_slice(&sha);
+        out.extend_from_slice(&(b.stack.len() as u32).to_be_bytes());
+        for cv in &b.stack {
+            out.extend_from_slice(cv);
+        }
+        for part in &b.kept {
+            out.extend_from_slice(part);
+        }
+        out
+    }
+
+    /// The state a [`checkpoint`](HashState::checkpoint) wrote out.
+    pub fn from_checkpoint(bytes: &[u8]) -> Result<HashState, BadCheckpoint> {
+        let mut r = Reader(bytes);
+        if r.take(4)? != CHECKPOINT_MAGIC {
+            return Err(BadCheckpoint("unknown layout"));
+        }
+        let len = u64::from_be_bytes(r.array()?);
+        let sha_size = sha2::Sha256::new().serialize().len();
+        let sha = sha2::digest::common::hazmat::SerializedState::<sha2::Sha256>::try_from(
+            r.take(sha_size)?,
+        )
+        .map_err(|_| BadCheckpoint("SHA-256 state size"))?;
+        let sha256 = sha2::Sha256::deserialize(&sha).map_err(|_| BadCheckpoint("SHA-256 state"))?;
+        let depth = u32::from_be_bytes(r.array()?) as usize;
+        if depth > 64 {
+            return Err(BadCheckpoint("BLAKE3 stack depth"));
+        }
+        let stack = (0..depth)
+            .map(|_| r.array::<32>())
+            .collect::<Result<Vec<_>, _>>()?;
+        let kept = r.0;
+        let base = len
+            .checked_sub(kept.len() as u64)
+            .filter(|b| b % BLAKE3_SUBTREE == 0 && kept.len() as u64 <= BLAKE3_SUBTREE)
+            .ok_or(BadCheckpoint("BLAKE3 subtree bounds"))?;
+        if (base / BLAKE3_SUBTREE).count_ones() as usize != depth {
+            return Err(BadCheckpoint("BLAKE3 stack does not fit the length"));
+        }
+        let mut blake3 = Blake3State::at(base, stack);
+        blake3.update(Bytes::copy_from_slice(kept));
+        Ok(HashState {
+            sha256,
+            blake3,
+            len,
+        })
+    }
+
     /// Moves the two digests onto their threads.
     pub fn start(self) -> Hashing {
-        let (sha_tx, sha_done) = spawn_hasher("sha256", self.sha256, |h, c| h.update(c));
-        let (blake_tx, blake_done) = spawn_hasher("blake3", self.blake3, |h, c| {
-            h.update(c);
-        });
+        let (sha_tx, sha_done) = spawn_hasher("sha256", self.sha256, |h, c| h.update(&c));
+        let (blake_tx, blake_done) = spawn_hasher("blake3", self.blake3, Blake3State::update);
         Hashing {
             sha_tx,
             blake_tx,
@@ -64,10 +133,108 @@ impl HashState {
     }
 }
 
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], BadCheckpoint> {
+        if self.0.len() < n {
+            return Err(BadCheckpoint("truncated"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], BadCheckpoint> {
+        Ok(self.take(N)?.try_into().expect("length checked"))
+    }
+}
+
+/// The size of the BLAKE3 subtrees a [`HashState`] finishes as it goes: the
+/// most a checkpoint carries as raw bytes, and large enough that BLAKE3's
+/// SIMD works on whole groups of chunks.
+pub const BLAKE3_SUBTREE: u64 = 64 * 1024;
+
+/// Incremental BLAKE3 whose state can be written out: the input is hashed
+/// as aligned subtrees of [`BLAKE3_SUBTREE`] bytes (`blake3::hazmat`), and
+/// finished subtrees are kept as chaining values merged the way BLAKE3's
+/// own hasher merges them, so the root is the same as `blake3::hash` of the
+/// whole input. The unfinished subtree's bytes are kept (by reference) for a
+/// checkpoint.
+#[derive(Clone, Debug, Default)]
+struct Blake3State {
+    /// Offset of the unfinished subtree.
+    base: u64,
+    current: blake3::Hasher,
+    current_len: u64,
+    kept: Vec<Bytes>,
+    /// Chaining values of the finished subtrees, left to right.
+    stack: Vec<ChainingValue>,
+}
+
+impl Blake3State {
+    fn at(base: u64, stack: Vec<ChainingValue>) -> Blake3State {
+        let mut current = blake3::Hasher::new();
+        if base > 0 {
+            current.set_input_offset(base);
+        }
+        Blake3State {
+            base,
+            current,
+            current_len: 0,
+            kept: Vec::new(),
+            stack,
+        }
+    }
+
+    fn kept_len(&self) -> usize {
+        self.current_len as usize
+    }
+
+    fn update(&mut self, mut data: Bytes) {
+        while !data.is_empty() {
+            if self.current_len == BLAKE3_SUBTREE {
+                // More input follows, so the full subtree is not the root.
+                // Then, as BLAKE3's own hasher does once more input follows,
+                // merge the stack down to one value per set bit of the count
+                // of finished subtrees (none of those merges is the root).
+                self.stack.push(self.current.finalize_non_root());
+                let next = self.base + BLAKE3_SUBTREE;
+                let finished = next / BLAKE3_SUBTREE;
+                while self.stack.len() > finished.count_ones() as usize {
+                    let right = self.stack.pop().expect("stack depth checked");
+                    let left = self.stack.pop().expect("stack depth checked");
+                    self.stack.push(blake3::hazmat::merge_subtrees_non_root(
+                        &left,
+                        &right,
+                        Mode::Hash,
+                    ));
+                }
+                *self = Blake3State::at(next, std::mem::take(&mut self.stack));
+            }
+            let room = (BLAKE3_SUBTREE - self.current_len) as usize;
+            let part = data.split_to(room.min(data.len()));
+            self.current.update(&part);
+            self.current_len += part.len() as u64;
+            self.kept.push(part);
+        }
+    }
+
+    fn finalize(&self) -> [u8; 32] {
+        let Some((first, rest)) = self.stack.split_first() else {
+            return *self.current.finalize().as_bytes();
+        };
+        let mut right = self.current.finalize_non_root();
+        for left in rest.iter().rev() {
+            right = blake3::hazmat::merge_subtrees_non_root(left, &right, Mode::Hash);
+        }
+        *blake3::hazmat::merge_subtrees_root(first, &right, Mode::Hash).as_bytes()
+    }
+}
+
 fn spawn_hasher<H: Send + 'static>(
     name: &str,
     mut hasher: H,
-    update: fn(&mut H, &[u8]),
+    update: fn(&mut H, Bytes),
 ) -> (mpsc::Sender<Bytes>, oneshot::Receiver<H>) {
     let (tx, mut rx) = mpsc::channel::<Bytes>(QUEUE_DEPTH);
     let (done_tx, done_rx) = oneshot::channel();
@@ -75,7 +242,7 @@ fn spawn_hasher<H: Send + 'static>(
         .name(format!("hash-{name}"))
         .spawn(move || {
             while let Some(chunk) = rx.blocking_recv() {
-                update(&mut hasher, &chunk);
+                update(&mut hasher, chunk);
             }
             let _ = done_tx.send(hasher);
         });
@@ -93,7 +260,7 @@ pub struct Hashing {
     sha_tx: mpsc::Sender<Bytes>,
     blake_tx: mpsc::Sender<Bytes>,
     sha_done: oneshot::Receiver<sha2::Sha256>,
-    blake_done: oneshot::Receiver<blake3::Hasher>,
+    blake_done: oneshot::Receiver<Blake3State>,
     len: u64,
 }
 
@@ -160,7 +327,7 @@ pub(crate) fn verified(
     let state = Verify {
         inner,
         hasher: Some(spawn_hasher("verify", blake3::Hasher::new(), |h, c| {
-            h.update(c);
+            h.update(&c);
         })),
         len: 0,
         held: None,
@@ -238,13 +405,73 @@ mod tests {
                 let mut hashing = HashState::new().start();
                 for (n, w) in points.windows(2).enumerate() {
                     if n == pause_at {
-                        hashing = hashing.stop().await.unwrap().start();
+                        let stopped = hashing.stop().await.unwrap();
+                        hashing = HashState::from_checkpoint(&stopped.checkpoint()).unwrap().start();
                     }
                     hashing.feed(Bytes::copy_from_slice(&data[w[0]..w[1]])).await.unwrap();
                 }
                 hashing.stop().await.unwrap().finish()
             });
             prop_assert_eq!(got, BlobId::of(&data));
+        }
+    }
+
+    /// Feeds `data` in `step`-byte pieces, writing a checkpoint out and
+    /// reading it back after every piece.
+    fn through_checkpoints(data: &[u8], step: usize) -> BlobId {
+        let mut state = HashState::new();
+        for piece in data.chunks(step.max(1)) {
+            state.sha256.update(piece);
+            state.blake3.update(Bytes::copy_from_slice(piece));
+            state.len += piece.len() as u64;
+            state = HashState::from_checkpoint(&state.checkpoint()).unwrap();
+        }
+        state.finish()
+    }
+
+    #[test]
+    fn checkpoints_at_and_around_subtree_boundaries() {
+        let sub = BLAKE3_SUBTREE as usize;
+        let data = crate::conformance::pattern(9 * sub + 3, 7);
+        for subtrees in [0, 1, 2, 3, 4, 5, 7, 8, 9] {
+            for delta in [-1i64, 0, 1] {
+                let n = (subtrees * sub) as i64 + delta;
+                if n < 0 {
+                    continue;
+                }
+                let d = &data[..n as usize];
+                for step in [sub, sub / 2 + 1, 1000] {
+                    assert_eq!(
+                        through_checkpoints(d, step),
+                        BlobId::of(d),
+                        "len {n} step {step}"
+                    );
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn checkpoints_of_larger_inputs(len in 0usize..700_000, step in 1000usize..200_000, seed: u8) {
+            let data = crate::conformance::pattern(len, seed);
+            prop_assert_eq!(through_checkpoints(&data, step), BlobId::of(&data));
+        }
+
+        #[test]
+        fn damaged_checkpoints_are_refused_or_differ(len in 0usize..200_000, cut in any::<prop::sample::Index>()) {
+            let data = crate::conformance::pattern(len, 3);
+            let mut state = HashState::new();
+            state.sha256.update(&data);
+            state.blake3.update(Bytes::copy_from_slice(&data));
+            state.len = len as u64;
+            let bytes = state.checkpoint();
+            // Truncated: refused, never a panic.
+            let at = cut.index(bytes.len());
+            if let Ok(s) = HashState::from_checkpoint(&bytes[..at]) {
+                prop_assert_ne!(s.finish(), BlobId::of(&data));
+            }
         }
     }
 }

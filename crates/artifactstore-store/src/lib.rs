@@ -13,6 +13,7 @@ mod gc;
 pub mod hashing;
 pub mod meta;
 mod retention;
+pub mod testing;
 mod verify;
 
 pub use engine::{Limits, MAX_PAGE, Page, Store, StoreOptions, StoreStats, StoredBlob};

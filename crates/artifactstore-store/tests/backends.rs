@@ -1,5 +1,4 @@
-//! Runs the backend conformance suites against the embedded backends.
-//! (PostgreSQL and S3 join this file when they exist.)
+//! Runs the backend conformance suites against every backend.
 
 use std::sync::Arc;
 
@@ -7,7 +6,8 @@ use artifactstore_store::blob::BlobBackend;
 use artifactstore_store::blob::fs::FsBlobStore;
 use artifactstore_store::conformance;
 use artifactstore_store::meta::MetadataStore;
-use artifactstore_store::meta::sqlite::SqliteMetadata;
+use artifactstore_store::meta::{postgres, sqlite};
+use artifactstore_store::testing;
 
 #[tokio::test]
 async fn fs_blob_backend_conforms() {
@@ -32,7 +32,19 @@ async fn sqlite_metadata_conforms() {
             "{}.sqlite",
             n.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
         ));
-        Arc::new(SqliteMetadata::open_path(&path).await.unwrap()) as Arc<dyn MetadataStore>
+        Arc::new(sqlite::open_path(&path).await.unwrap()) as Arc<dyn MetadataStore>
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_metadata_conforms() {
+    let Some(url) = testing::postgres_url() else {
+        return;
+    };
+    conformance::metadata(|| async {
+        let schema = testing::fresh_schema();
+        Arc::new(postgres::open_in_schema(&url, &schema).await.unwrap()) as Arc<dyn MetadataStore>
     })
     .await;
 }

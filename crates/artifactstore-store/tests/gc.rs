@@ -14,7 +14,7 @@ use artifactstore_core::{BlobId, Timestamp};
 use artifactstore_store::clock::ManualClock;
 use artifactstore_store::conformance::pattern;
 use artifactstore_store::meta::MetadataStore;
-use artifactstore_store::meta::sqlite::SqliteMetadata;
+use artifactstore_store::meta::sqlite;
 use artifactstore_store::{GcSettings, Store, StoreError, StoreOptions};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -443,7 +443,7 @@ async fn only_one_collector_runs_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(T0.parse().unwrap()));
     let store = open(dir.path(), clock).await;
-    let other = SqliteMetadata::open_path(&dir.path().join("meta.sqlite"))
+    let other = sqlite::open_path(&dir.path().join("meta.sqlite"))
         .await
         .unwrap();
     let held = other.try_lead("collector").await.unwrap().expect("free");

@@ -6,6 +6,9 @@
 //! all of it commits or none of it does. How an event changes the views is
 //! the backend's `apply` — the same code serves appends and `views rebuild`.
 
+mod conn;
+pub mod postgres;
+pub mod sql;
 pub mod sqlite;
 
 use artifactstore_core::event::{Event, EventDraft, Hash};
@@ -25,7 +28,7 @@ pub enum MetaError {
     },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
-    #[error("unsupported metadata url {0:?} (expected sqlite://…)")]
+    #[error("unsupported metadata url {0:?} (expected sqlite://… or postgres://…)")]
     UnsupportedUrl(String),
     #[error("leader lock {role}: {source}")]
     Lock {
@@ -33,6 +36,17 @@ pub enum MetaError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Opens the metadata store a url names: `sqlite://…` or `postgres://…`.
+pub async fn open(url: &str) -> Result<sql::SqlMetadata, MetaError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        postgres::open(url).await
+    } else if url.starts_with("sqlite:") {
+        sqlite::open(url).await
+    } else {
+        Err(MetaError::UnsupportedUrl(url.to_owned()))
+    }
 }
 
 /// A row of the `blobs` view.

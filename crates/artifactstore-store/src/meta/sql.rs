@@ -1,0 +1,1067 @@
+//! The SQL metadata store, written once for every SQL database.
+//!
+//! Every query, every rule of how an event changes the views, and every row
+//! decoding lives here. A database plugs in through [`SqlDriver`] (connections,
+//! the write lock, leader locks, scratch stores) and [`SqlConn`] (run a
+//! statement with [`Arg`]s, hand back neutral [`Row`]s). The SQL is the common
+//! subset SQLite and PostgreSQL both accept: `?N` placeholders (a driver may
+//! rewrite them), integers as 64-bit, digests as byte strings, timestamps as
+//! RFC 3339 text (fixed width, so text order is time order; PostgreSQL stores
+//! them with the `C` collation so the comparison is bytewise).
+//!
+//! A write transaction holds the database-wide lock under which `seq` is
+//! assigned, from its first statement to its end: the engine decides and
+//! appends under it, whichever node it runs on.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use artifactstore_core::event::{Event, EventData, EventDraft, Hash};
+use artifactstore_core::manifest::Manifest;
+use artifactstore_core::{Algorithm, BlobId, Digest, Timestamp};
+use async_trait::async_trait;
+
+use super::{
+    BlobRecord, Deletion, Hold, LeaderGuard, MetaError, MetaTx, MetadataStore, PackageFile,
+    PackageFilter, PackageRecord, Release, RetentionState, StoredEvent, UploadSession, ViewsDigest,
+};
+
+/// A statement argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Arg {
+    Int(Option<i64>),
+    Text(Option<String>),
+    Bytes(Vec<u8>),
+}
+
+impl From<i64> for Arg {
+    fn from(v: i64) -> Arg {
+        Arg::Int(Some(v))
+    }
+}
+impl From<&str> for Arg {
+    fn from(v: &str) -> Arg {
+        Arg::Text(Some(v.to_owned()))
+    }
+}
+impl From<&String> for Arg {
+    fn from(v: &String) -> Arg {
+        Arg::Text(Some(v.clone()))
+    }
+}
+impl From<Option<&str>> for Arg {
+    fn from(v: Option<&str>) -> Arg {
+        Arg::Text(v.map(str::to_owned))
+    }
+}
+impl From<Timestamp> for Arg {
+    fn from(v: Timestamp) -> Arg {
+        Arg::Text(Some(v.to_string()))
+    }
+}
+impl From<Option<Timestamp>> for Arg {
+    fn from(v: Option<Timestamp>) -> Arg {
+        Arg::Text(v.map(|t| t.to_string()))
+    }
+}
+impl From<&[u8]> for Arg {
+    fn from(v: &[u8]) -> Arg {
+        Arg::Bytes(v.to_vec())
+    }
+}
+impl From<&Hash> for Arg {
+    fn from(v: &Hash) -> Arg {
+        Arg::Bytes(v.to_vec())
+    }
+}
+
+/// A column value as the database returned it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cell {
+    Null,
+    Int(i64),
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
+/// One result row: column names (shared by the rows of one result) and cells.
+#[derive(Debug, Clone)]
+pub struct Row {
+    names: Arc<[String]>,
+    cells: Vec<Cell>,
+}
+
+impl Row {
+    pub fn new(names: Arc<[String]>, cells: Vec<Cell>) -> Row {
+        Row { names, cells }
+    }
+
+    fn cell(&self, col: &str) -> Result<&Cell, MetaError> {
+        self.names
+            .iter()
+            .position(|n| n == col)
+            .map(|i| &self.cells[i])
+            .ok_or_else(|| MetaError::Corrupt(format!("no column {col} in the result")))
+    }
+
+    fn opt_i64(&self, col: &str) -> Result<Option<i64>, MetaError> {
+        match self.cell(col)? {
+            Cell::Null => Ok(None),
+            Cell::Int(v) => Ok(Some(*v)),
+            other => Err(MetaError::Corrupt(format!(
+                "{col} is not an integer: {other:?}"
+            ))),
+        }
+    }
+
+    fn i64(&self, col: &str) -> Result<i64, MetaError> {
+        self.opt_i64(col)?
+            .ok_or_else(|| MetaError::Corrupt(format!("{col} is null")))
+    }
+
+    fn opt_u64(&self, col: &str) -> Result<Option<u64>, MetaError> {
+        self.opt_i64(col)?
+            .map(|v| u64::try_from(v).map_err(|_| MetaError::Corrupt(format!("negative {col}"))))
+            .transpose()
+    }
+
+    fn u64(&self, col: &str) -> Result<u64, MetaError> {
+        self.opt_u64(col)?
+            .ok_or_else(|| MetaError::Corrupt(format!("{col} is null")))
+    }
+
+    fn opt_text(&self, col: &str) -> Result<Option<String>, MetaError> {
+        match self.cell(col)? {
+            Cell::Null => Ok(None),
+            Cell::Text(v) => Ok(Some(v.clone())),
+            other => Err(MetaError::Corrupt(format!("{col} is not text: {other:?}"))),
+        }
+    }
+
+    fn text(&self, col: &str) -> Result<String, MetaError> {
+        self.opt_text(col)?
+            .ok_or_else(|| MetaError::Corrupt(format!("{col} is null")))
+    }
+
+    fn bytes(&self, col: &str) -> Result<Vec<u8>, MetaError> {
+        match self.cell(col)? {
+            Cell::Bytes(v) => Ok(v.clone()),
+            other => Err(MetaError::Corrupt(format!(
+                "{col} is not a byte string: {other:?}"
+            ))),
+        }
+    }
+
+    fn hash(&self, col: &str) -> Result<Hash, MetaError> {
+        self.bytes(col)?
+            .try_into()
+            .map_err(|_| MetaError::Corrupt(format!("{col} is not 32 bytes")))
+    }
+
+    fn opt_ts(&self, col: &str) -> Result<Option<Timestamp>, MetaError> {
+        self.opt_text(col)?
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| MetaError::Corrupt(format!("{col} is not a timestamp: {v}")))
+            })
+            .transpose()
+    }
+
+    fn ts(&self, col: &str) -> Result<Timestamp, MetaError> {
+        self.opt_ts(col)?
+            .ok_or_else(|| MetaError::Corrupt(format!("{col} is null")))
+    }
+
+    /// The row as a canonical CBOR array of its cells, for [`ViewsDigest`].
+    fn to_value(&self) -> artifactstore_core::cbor::Value {
+        use artifactstore_core::cbor::Value;
+        Value::Array(
+            self.cells
+                .iter()
+                .map(|c| match c {
+                    Cell::Null => Value::Null,
+                    Cell::Int(v) => Value::int(*v),
+                    Cell::Text(v) => Value::Text(v.clone()),
+                    Cell::Bytes(v) => Value::Bytes(v.clone()),
+                })
+                .collect(),
+        )
+    }
+}
+
+/// A connection or transaction that runs statements.
+#[async_trait]
+pub trait SqlConn: Send {
+    /// Runs a query and returns its rows.
+    async fn fetch(&mut self, sql: &str, args: &[Arg]) -> Result<Vec<Row>, MetaError>;
+    /// Runs a query and hands each row to `each` as it arrives, so a large
+    /// result is never held whole.
+    async fn fetch_each(
+        &mut self,
+        sql: &str,
+        args: &[Arg],
+        each: &mut (dyn FnMut(Row) -> Result<(), MetaError> + Send),
+    ) -> Result<(), MetaError>;
+    /// Runs a statement; returns the number of rows it changed.
+    async fn execute(&mut self, sql: &str, args: &[Arg]) -> Result<u64, MetaError>;
+    /// Runs a script of several statements without arguments (migrations).
+    async fn execute_script(&mut self, sql: &str) -> Result<(), MetaError>;
+}
+
+/// A transaction that ends in a commit (dropping it rolls back).
+#[async_trait]
+pub trait SqlTxConn: SqlConn {
+    async fn commit(self: Box<Self>) -> Result<(), MetaError>;
+}
+
+/// What one SQL database brings: its connections, its locks and its scratch
+/// stores. Everything else is [`SqlMetadata`]'s.
+#[async_trait]
+pub trait SqlDriver: Send + Sync + std::fmt::Debug + 'static {
+    /// A pooled connection for reads outside any write transaction.
+    async fn reader(&self) -> Result<Box<dyn SqlConn>, MetaError>;
+    /// A connection for writes outside the log (upload sessions), each
+    /// statement its own transaction.
+    async fn writer(&self) -> Result<Box<dyn SqlConn>, MetaError>;
+    /// A read-only transaction that sees one snapshot throughout.
+    async fn snapshot(&self) -> Result<Box<dyn SqlTxConn>, MetaError>;
+    /// A write transaction that holds the database-wide write lock from its
+    /// first statement: writers queue here, on whatever node they run.
+    async fn begin_write(&self) -> Result<Box<dyn SqlTxConn>, MetaError>;
+    /// See [`MetadataStore::try_lead`].
+    async fn try_lead(&self, role: &str) -> Result<Option<LeaderGuard>, MetaError>;
+    /// A new, empty database of the same kind, dropped with the driver.
+    async fn scratch(&self) -> Result<SqlMetadata, MetaError>;
+}
+
+/// The metadata store over any [`SqlDriver`].
+#[derive(Debug, Clone)]
+pub struct SqlMetadata {
+    driver: Arc<dyn SqlDriver>,
+}
+
+impl SqlMetadata {
+    pub fn new(driver: Arc<dyn SqlDriver>) -> SqlMetadata {
+        SqlMetadata { driver }
+    }
+
+    async fn read(&self, sql: &str, args: &[Arg]) -> Result<Vec<Row>, MetaError> {
+        self.driver.reader().await?.fetch(sql, args).await
+    }
+}
+
+/// Applies the migrations a database has not seen yet, in order, inside
+/// `tx`, recording each in `schema_migrations` (which the caller created).
+pub async fn migrate(
+    tx: &mut dyn SqlConn,
+    migrations: &[(i64, &'static str)],
+) -> Result<(), MetaError> {
+    let rows = tx
+        .fetch(
+            "SELECT CAST(COALESCE(MAX(version), 0) AS BIGINT) AS v FROM schema_migrations",
+            &[],
+        )
+        .await?;
+    let current = rows.first().map(|r| r.i64("v")).transpose()?.unwrap_or(0);
+    for &(version, sql) in migrations.iter().filter(|(v, _)| *v > current) {
+        let step = async {
+            tx.execute_script(sql).await?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version) VALUES (?1)",
+                &[version.into()],
+            )
+            .await
+        };
+        step.await.map_err(|e| match e {
+            MetaError::Db(source) => MetaError::Migration { version, source },
+            other => other,
+        })?;
+    }
+    Ok(())
+}
+
+pub(crate) fn i64_of(n: u64) -> Result<i64, MetaError> {
+    i64::try_from(n)
+        .map_err(|_| MetaError::Corrupt(format!("{n} exceeds the database integer range")))
+}
+
+fn blob_record(row: &Row) -> Result<BlobRecord, MetaError> {
+    Ok(BlobRecord {
+        blob: BlobId {
+            sha256: row.hash("sha256")?,
+            blake3: row.hash("blake3")?,
+            size: row.u64("size")?,
+        },
+        location: row.text("location")?,
+        stored_seq: row.u64("stored_seq")?,
+        stored_at: row.ts("stored_at")?,
+    })
+}
+
+fn hold_record(row: &Row) -> Result<Hold, MetaError> {
+    let released = match row.opt_ts("released_at")? {
+        None => None,
+        Some(at) => Some(Release {
+            by: row.opt_text("released_by")?.unwrap_or_default(),
+            at,
+            reason: row.opt_text("release_reason")?.unwrap_or_default(),
+        }),
+    };
+    Ok(Hold {
+        hold_id: row.text("hold_id")?,
+        reason: row.text("reason")?,
+        applied_by: row.text("applied_by")?,
+        applied_at: row.ts("applied_at")?,
+        released,
+    })
+}
+
+fn session_record(row: &Row) -> Result<UploadSession, MetaError> {
+    Ok(UploadSession {
+        id: row.text("id")?,
+        created_at: row.ts("created_at")?,
+        actor: row.text("actor")?,
+    })
+}
+
+fn stored_event(row: &Row) -> Result<StoredEvent, MetaError> {
+    Ok(StoredEvent {
+        seq: row.u64("seq")?,
+        bytes: row.bytes("body")?,
+        hash: row.hash("hash")?,
+    })
+}
+
+const PACKAGE_SELECT: &str = "SELECT p.*, r.class AS r_class, r.current_expires_at, r.active_holds, \
+     r.eligible_for_deletion, r.last_eligibility_seq, r.deleted_seq, r.deleted_at, r.deleted_reason, \
+     r.bytes_freed \
+     FROM packages p JOIN retention_state r ON r.package_id = p.id";
+
+fn package_record(row: &Row) -> Result<PackageRecord, MetaError> {
+    Ok(PackageRecord {
+        id: row.text("id")?,
+        name: row.text("name")?,
+        manifest_sha256: row.hash("manifest_sha256")?,
+        manifest_blake3: row.hash("manifest_blake3")?,
+        file_count: row.u64("file_count")?,
+        total_size: row.u64("total_size")?,
+        retention_class: row.text("retention_class")?,
+        created_seq: row.u64("created_seq")?,
+        created_at: row.ts("created_at")?,
+        created_by: row.text("created_by")?,
+        retention: RetentionState {
+            class: row.text("r_class")?,
+            current_expires_at: row.opt_ts("current_expires_at")?,
+            active_holds: row.u64("active_holds")?,
+            eligible_for_deletion: row.i64("eligible_for_deletion")? != 0,
+            last_eligibility_seq: row.opt_u64("last_eligibility_seq")?,
+            deleted: deletion(row)?,
+        },
+    })
+}
+
+fn deletion(row: &Row) -> Result<Option<Deletion>, MetaError> {
+    let Some(seq) = row.opt_u64("deleted_seq")? else {
+        return Ok(None);
+    };
+    let corrupt = || MetaError::Corrupt("incomplete deletion columns".into());
+    Ok(Some(Deletion {
+        seq,
+        at: row.opt_ts("deleted_at")?.ok_or_else(corrupt)?,
+        reason: row.opt_text("deleted_reason")?.ok_or_else(corrupt)?,
+        bytes_freed: row.opt_u64("bytes_freed")?.ok_or_else(corrupt)?,
+    }))
+}
+
+fn all<T>(rows: Vec<Row>, decode: fn(&Row) -> Result<T, MetaError>) -> Result<Vec<T>, MetaError> {
+    rows.iter().map(decode).collect()
+}
+
+fn first<T>(
+    rows: Vec<Row>,
+    decode: fn(&Row) -> Result<T, MetaError>,
+) -> Result<Option<T>, MetaError> {
+    rows.first().map(decode).transpose()
+}
+
+async fn find_blob(
+    conn: &mut dyn SqlConn,
+    digest: &Digest,
+) -> Result<Option<BlobRecord>, MetaError> {
+    let sql = match digest.algorithm() {
+        Algorithm::Sha256 => "SELECT * FROM blobs WHERE sha256 = ?1",
+        Algorithm::Blake3 => "SELECT * FROM blobs WHERE blake3 = ?1",
+    };
+    first(
+        conn.fetch(sql, &[digest.bytes()[..].into()]).await?,
+        blob_record,
+    )
+}
+
+async fn find_package(
+    conn: &mut dyn SqlConn,
+    id: &str,
+) -> Result<Option<PackageRecord>, MetaError> {
+    let sql = format!("{PACKAGE_SELECT} WHERE p.id = ?1");
+    first(conn.fetch(&sql, &[id.into()]).await?, package_record)
+}
+
+/// Up to `limit` packages whose `retention_state` row matches `condition`
+/// (SQL with `?1` for `now`, then its ORDER BY), chosen by an index on that
+/// table, so the work follows what is due, not the store's size.
+async fn packages_by_retention(
+    conn: &mut dyn SqlConn,
+    condition: &'static str,
+    now: Timestamp,
+    limit: u32,
+) -> Result<Vec<PackageRecord>, MetaError> {
+    let sql = format!(
+        "{PACKAGE_SELECT} WHERE r.package_id IN (SELECT package_id FROM retention_state \
+         WHERE {condition} LIMIT ?2) ORDER BY p.created_seq"
+    );
+    all(
+        conn.fetch(&sql, &[now.into(), i64::from(limit).into()])
+            .await?,
+        package_record,
+    )
+}
+
+/// Runs a statement that must change exactly one row of the views.
+async fn update_one(
+    conn: &mut dyn SqlConn,
+    event: &Event,
+    sql: &str,
+    args: &[Arg],
+) -> Result<(), MetaError> {
+    if conn.execute(sql, args).await? != 1 {
+        return Err(MetaError::Corrupt(format!(
+            "{} at seq {} does not apply to the views of {}",
+            event.type_name(),
+            event.seq(),
+            event.subject()
+        )));
+    }
+    Ok(())
+}
+
+const EVENTS_AFTER: &str =
+    "SELECT seq, body, hash FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2";
+
+/// The views and the order their rows are hashed in (their primary keys).
+const VIEWS: &[(&str, &str)] = &[
+    ("blobs", "SELECT * FROM blobs ORDER BY sha256"),
+    ("packages", "SELECT * FROM packages ORDER BY id"),
+    (
+        "package_files",
+        "SELECT * FROM package_files ORDER BY package_id, path",
+    ),
+    (
+        "retention_state",
+        "SELECT * FROM retention_state ORDER BY package_id",
+    ),
+    ("holds", "SELECT * FROM holds ORDER BY package_id, hold_id"),
+];
+
+/// Applies one event to the views. Appends and rebuilds both come here:
+/// this is where each event type's meaning for the views is defined.
+async fn apply(
+    conn: &mut dyn SqlConn,
+    event: &Event,
+    manifest: Option<&Manifest>,
+) -> Result<(), MetaError> {
+    if manifest.is_some() && !matches!(event.data(), EventData::PackageCreated { .. }) {
+        return Err(MetaError::Corrupt(format!(
+            "a manifest was given with {}",
+            event.type_name()
+        )));
+    }
+    let seq = i64_of(event.seq())?;
+    let subject = event.subject();
+    match event.data() {
+        EventData::BlobStored { blob, location } => {
+            conn.execute(
+                "INSERT INTO blobs (sha256, blake3, size, location, stored_seq, stored_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                &[
+                    (&blob.sha256).into(),
+                    (&blob.blake3).into(),
+                    i64_of(blob.size)?.into(),
+                    location.into(),
+                    seq.into(),
+                    event.at().into(),
+                ],
+            )
+            .await?;
+        }
+        EventData::BlobDeleted { blob } => {
+            update_one(
+                conn,
+                event,
+                "DELETE FROM blobs WHERE sha256 = ?1 AND blake3 = ?2",
+                &[(&blob.sha256).into(), (&blob.blake3).into()],
+            )
+            .await?;
+        }
+        EventData::PackageDeleted {
+            reason,
+            bytes_freed,
+        } => {
+            update_one(
+                conn,
+                event,
+                "UPDATE retention_state SET deleted_seq = ?1, deleted_at = ?2, deleted_reason = ?3, \
+                 bytes_freed = ?4 WHERE package_id = ?5 AND deleted_seq IS NULL",
+                &[
+                    seq.into(),
+                    event.at().into(),
+                    reason.into(),
+                    i64_of(*bytes_freed)?.into(),
+                    subject.into(),
+                ],
+            )
+            .await?;
+            conn.execute(
+                "DELETE FROM package_files WHERE package_id = ?1",
+                &[subject.into()],
+            )
+            .await?;
+        }
+        EventData::PackageCreated {
+            name,
+            manifest_sha256,
+            manifest_blake3,
+            file_count,
+            total_size,
+            retention_class,
+        } => {
+            let m = manifest.ok_or_else(|| {
+                MetaError::Corrupt(format!("package {subject} applied without its manifest"))
+            })?;
+            let id = BlobId::of(&m.to_canonical_bytes());
+            let consistent = id.sha256 == *manifest_sha256
+                && id.blake3 == *manifest_blake3
+                && m.name() == name
+                && m.files().len() as u64 == *file_count
+                && m.total_size() == *total_size;
+            if !consistent {
+                return Err(MetaError::Corrupt(format!(
+                    "package {subject}: the manifest does not match its event"
+                )));
+            }
+            conn.execute(
+                "INSERT INTO packages (id, name, manifest_sha256, manifest_blake3, file_count, \
+                 total_size, retention_class, created_seq, created_at, created_by) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                &[
+                    subject.into(),
+                    name.into(),
+                    manifest_sha256.into(),
+                    manifest_blake3.into(),
+                    i64_of(*file_count)?.into(),
+                    i64_of(*total_size)?.into(),
+                    retention_class.into(),
+                    seq.into(),
+                    event.at().into(),
+                    event.actor().into(),
+                ],
+            )
+            .await?;
+            for f in m.files() {
+                conn.execute(
+                    "INSERT INTO package_files (package_id, path, sha256, blake3, size, media_type) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    &[
+                        subject.into(),
+                        (&f.path).into(),
+                        (&f.blob.sha256).into(),
+                        (&f.blob.blake3).into(),
+                        i64_of(f.blob.size)?.into(),
+                        f.media_type.as_deref().into(),
+                    ],
+                )
+                .await?;
+            }
+        }
+        EventData::RetentionDefaultApplied { class, expires_at } => {
+            conn.execute(
+                "INSERT INTO retention_state (package_id, class, current_expires_at) \
+                 VALUES (?1, ?2, ?3)",
+                &[subject.into(), class.into(), (*expires_at).into()],
+            )
+            .await?;
+        }
+        EventData::RetentionExtended { new_expires_at, .. } => {
+            update_one(
+                conn,
+                event,
+                "UPDATE retention_state SET current_expires_at = ?1, eligible_for_deletion = 0 \
+                 WHERE package_id = ?2",
+                &[(*new_expires_at).into(), subject.into()],
+            )
+            .await?;
+        }
+        EventData::RetentionHoldApplied { hold_id, reason } => {
+            conn.execute(
+                "INSERT INTO holds (package_id, hold_id, reason, applied_by, applied_at, applied_seq) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                &[
+                    subject.into(),
+                    hold_id.into(),
+                    reason.into(),
+                    event.actor().into(),
+                    event.at().into(),
+                    seq.into(),
+                ],
+            )
+            .await?;
+            update_one(
+                conn,
+                event,
+                "UPDATE retention_state SET active_holds = active_holds + 1, \
+                 eligible_for_deletion = 0 WHERE package_id = ?1",
+                &[subject.into()],
+            )
+            .await?;
+        }
+        EventData::RetentionHoldReleased { hold_id, reason } => {
+            update_one(
+                conn,
+                event,
+                "UPDATE holds SET released_by = ?1, released_at = ?2, release_reason = ?3, \
+                 released_seq = ?4 WHERE package_id = ?5 AND hold_id = ?6 AND released_seq IS NULL",
+                &[
+                    event.actor().into(),
+                    event.at().into(),
+                    reason.into(),
+                    seq.into(),
+                    subject.into(),
+                    hold_id.into(),
+                ],
+            )
+            .await?;
+            update_one(
+                conn,
+                event,
+                "UPDATE retention_state SET active_holds = active_holds - 1 \
+                 WHERE package_id = ?1 AND active_holds > 0",
+                &[subject.into()],
+            )
+            .await?;
+        }
+        EventData::RetentionDeletionEligible { .. } => {
+            update_one(
+                conn,
+                event,
+                "UPDATE retention_state SET eligible_for_deletion = 1, last_eligibility_seq = ?1 \
+                 WHERE package_id = ?2",
+                &[seq.into(), subject.into()],
+            )
+            .await?;
+        }
+    }
+    conn.execute(
+        "UPDATE views_state SET applied_seq = ?1 WHERE id = 1",
+        &[seq.into()],
+    )
+    .await?;
+    Ok(())
+}
+
+const SESSION_COLUMNS: &str = "SELECT id, created_at, actor FROM upload_sessions";
+
+#[async_trait]
+impl MetadataStore for SqlMetadata {
+    async fn begin(&self) -> Result<Box<dyn MetaTx>, MetaError> {
+        Ok(Box::new(SqlTx {
+            tx: self.driver.begin_write().await?,
+        }))
+    }
+
+    async fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, MetaError> {
+        find_blob(&mut *self.driver.reader().await?, digest).await
+    }
+
+    async fn events_after(&self, after: u64, limit: u32) -> Result<Vec<StoredEvent>, MetaError> {
+        let args = [i64_of(after)?.into(), i64::from(limit).into()];
+        all(self.read(EVENTS_AFTER, &args).await?, stored_event)
+    }
+
+    async fn head(&self) -> Result<(u64, Hash), MetaError> {
+        let rows = self
+            .read("SELECT seq, hash FROM log_head WHERE id = 1", &[])
+            .await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| MetaError::Corrupt("no log_head row".into()))?;
+        Ok((row.u64("seq")?, row.hash("hash")?))
+    }
+
+    async fn package(&self, id: &str) -> Result<Option<PackageRecord>, MetaError> {
+        find_package(&mut *self.driver.reader().await?, id).await
+    }
+
+    async fn holds(&self, package_id: &str) -> Result<Vec<Hold>, MetaError> {
+        let rows = self
+            .read(
+                "SELECT * FROM holds WHERE package_id = ?1 ORDER BY applied_seq",
+                &[package_id.into()],
+            )
+            .await?;
+        all(rows, hold_record)
+    }
+
+    async fn events_of(
+        &self,
+        subject: &str,
+        type_prefix: &str,
+    ) -> Result<Vec<StoredEvent>, MetaError> {
+        // A substring comparison, not LIKE or GLOB: no character of the
+        // prefix is a pattern.
+        let rows = self
+            .read(
+                "SELECT seq, body, hash FROM events WHERE subject = ?1 \
+                 AND substr(type, 1, length(?2)) = ?2 ORDER BY seq",
+                &[subject.into(), type_prefix.into()],
+            )
+            .await?;
+        all(rows, stored_event)
+    }
+
+    async fn packages(
+        &self,
+        filter: &PackageFilter,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<PackageRecord>, MetaError> {
+        let mut sql = format!("{PACKAGE_SELECT} WHERE p.created_seq > ?1");
+        let mut args: Vec<Arg> = vec![i64_of(after_seq)?.into()];
+        let mut bind = |sql: &mut String, clause: &str, arg: Arg| {
+            args.push(arg);
+            sql.push_str(&format!(" AND {clause} ?{}", args.len()));
+        };
+        if let Some(name) = &filter.name {
+            bind(&mut sql, "p.name =", name.into());
+        }
+        if let Some(class) = &filter.retention_class {
+            bind(&mut sql, "p.retention_class =", class.into());
+        }
+        if let Some(eligible) = filter.eligible {
+            bind(
+                &mut sql,
+                "r.eligible_for_deletion =",
+                i64::from(eligible).into(),
+            );
+        }
+        match filter.deleted {
+            Some(true) => sql.push_str(" AND r.deleted_seq IS NOT NULL"),
+            Some(false) => sql.push_str(" AND r.deleted_seq IS NULL"),
+            None => {}
+        }
+        args.push(i64::from(limit).into());
+        sql.push_str(&format!(" ORDER BY p.created_seq LIMIT ?{}", args.len()));
+        all(self.read(&sql, &args).await?, package_record)
+    }
+
+    async fn package_file(
+        &self,
+        package_id: &str,
+        path: &str,
+    ) -> Result<Option<PackageFile>, MetaError> {
+        let rows = self
+            .read(
+                "SELECT * FROM package_files WHERE package_id = ?1 AND path = ?2",
+                &[package_id.into(), path.into()],
+            )
+            .await?;
+        first(rows, |row| {
+            Ok(PackageFile {
+                path: row.text("path")?,
+                blob: BlobId {
+                    sha256: row.hash("sha256")?,
+                    blake3: row.hash("blake3")?,
+                    size: row.u64("size")?,
+                },
+                media_type: row.opt_text("media_type")?,
+            })
+        })
+    }
+
+    async fn session_insert(&self, s: &UploadSession) -> Result<(), MetaError> {
+        let mut conn = self.driver.writer().await?;
+        conn.execute(
+            "INSERT INTO upload_sessions (id, created_at, actor) VALUES (?1, ?2, ?3)",
+            &[(&s.id).into(), s.created_at.into(), (&s.actor).into()],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn session_get(&self, id: &str) -> Result<Option<UploadSession>, MetaError> {
+        let sql = format!("{SESSION_COLUMNS} WHERE id = ?1");
+        first(self.read(&sql, &[id.into()]).await?, session_record)
+    }
+
+    async fn session_delete(&self, id: &str) -> Result<bool, MetaError> {
+        let mut conn = self.driver.writer().await?;
+        let n = conn
+            .execute("DELETE FROM upload_sessions WHERE id = ?1", &[id.into()])
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn blobs_after(&self, after: &Hash, limit: u32) -> Result<Vec<BlobRecord>, MetaError> {
+        let rows = self
+            .read(
+                "SELECT * FROM blobs WHERE sha256 > ?1 ORDER BY sha256 LIMIT ?2",
+                &[after.into(), i64::from(limit).into()],
+            )
+            .await?;
+        all(rows, blob_record)
+    }
+
+    async fn views_digest(&self) -> Result<ViewsDigest, MetaError> {
+        let mut tx = self.driver.snapshot().await?;
+        let rows = tx
+            .fetch("SELECT applied_seq FROM views_state WHERE id = 1", &[])
+            .await?;
+        let applied = rows
+            .first()
+            .ok_or_else(|| MetaError::Corrupt("no views_state row".into()))?
+            .u64("applied_seq")?;
+        let mut tables = Vec::with_capacity(VIEWS.len());
+        for &(name, sql) in VIEWS {
+            let mut hasher = blake3::Hasher::new();
+            let mut rows = 0u64;
+            tx.fetch_each(sql, &[], &mut |row| {
+                hasher.update(&row.to_value().to_canonical_bytes());
+                rows += 1;
+                Ok(())
+            })
+            .await?;
+            tables.push((name, rows, *hasher.finalize().as_bytes()));
+        }
+        tx.commit().await?;
+        Ok(ViewsDigest {
+            applied_seq: applied,
+            tables,
+        })
+    }
+
+    async fn scratch(&self) -> Result<Box<dyn MetadataStore>, MetaError> {
+        Ok(Box::new(self.driver.scratch().await?))
+    }
+
+    async fn ping(&self) -> Result<(), MetaError> {
+        self.read("SELECT 1 AS one", &[]).await?;
+        Ok(())
+    }
+
+    async fn try_lead(&self, role: &str) -> Result<Option<LeaderGuard>, MetaError> {
+        self.driver.try_lead(role).await
+    }
+
+    async fn sessions_before(
+        &self,
+        cutoff: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<UploadSession>, MetaError> {
+        let sql = format!("{SESSION_COLUMNS} WHERE created_at < ?1 ORDER BY created_at LIMIT ?2");
+        let rows = self
+            .read(&sql, &[cutoff.into(), i64::from(limit).into()])
+            .await?;
+        all(rows, session_record)
+    }
+}
+
+struct SqlTx {
+    tx: Box<dyn SqlTxConn>,
+}
+
+#[async_trait]
+impl MetaTx for SqlTx {
+    async fn blob(&mut self, digest: &Digest) -> Result<Option<BlobRecord>, MetaError> {
+        find_blob(&mut *self.tx, digest).await
+    }
+
+    async fn append(
+        &mut self,
+        draft: EventDraft,
+        manifest: Option<&Manifest>,
+    ) -> Result<Event, MetaError> {
+        let rows = self
+            .tx
+            .fetch("SELECT seq, hash FROM log_head WHERE id = 1", &[])
+            .await?;
+        let head = rows
+            .first()
+            .ok_or_else(|| MetaError::Corrupt("no log_head row".into()))?;
+        let event = draft.seal(head.u64("seq")? + 1, head.hash("hash")?);
+        let seq = i64_of(event.seq())?;
+        self.tx
+            .execute(
+                "INSERT INTO events (seq, id, type, subject, at, body, hash) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                &[
+                    seq.into(),
+                    event.id().into(),
+                    event.type_name().into(),
+                    event.subject().into(),
+                    event.at().into(),
+                    event.canonical_bytes()[..].into(),
+                    event.hash().into(),
+                ],
+            )
+            .await?;
+        self.tx
+            .execute(
+                "UPDATE log_head SET seq = ?1, hash = ?2 WHERE id = 1",
+                &[seq.into(), event.hash().into()],
+            )
+            .await?;
+        apply(&mut *self.tx, &event, manifest).await?;
+        Ok(event)
+    }
+
+    async fn events_after(
+        &mut self,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, MetaError> {
+        let args = [i64_of(after)?.into(), i64::from(limit).into()];
+        all(self.tx.fetch(EVENTS_AFTER, &args).await?, stored_event)
+    }
+
+    async fn package(&mut self, id: &str) -> Result<Option<PackageRecord>, MetaError> {
+        find_package(&mut *self.tx, id).await
+    }
+
+    async fn hold(&mut self, package_id: &str, hold_id: &str) -> Result<Option<Hold>, MetaError> {
+        let rows = self
+            .tx
+            .fetch(
+                "SELECT * FROM holds WHERE package_id = ?1 AND hold_id = ?2",
+                &[package_id.into(), hold_id.into()],
+            )
+            .await?;
+        first(rows, hold_record)
+    }
+
+    async fn due_for_eligibility(
+        &mut self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<PackageRecord>, MetaError> {
+        let due = "current_expires_at IS NOT NULL AND eligible_for_deletion = 0 \
+             AND current_expires_at <= ?1 AND active_holds = 0 ORDER BY current_expires_at";
+        packages_by_retention(&mut *self.tx, due, now, limit).await
+    }
+
+    async fn reset_views(&mut self) -> Result<(), MetaError> {
+        // Children before parents, for the foreign keys.
+        for sql in [
+            "DELETE FROM package_files",
+            "DELETE FROM holds",
+            "DELETE FROM retention_state",
+            "DELETE FROM packages",
+            "DELETE FROM blobs",
+            "UPDATE views_state SET applied_seq = 0 WHERE id = 1",
+        ] {
+            self.tx.execute(sql, &[]).await?;
+        }
+        Ok(())
+    }
+
+    async fn replay(
+        &mut self,
+        event: &Event,
+        manifest: Option<&Manifest>,
+    ) -> Result<(), MetaError> {
+        apply(&mut *self.tx, event, manifest).await
+    }
+
+    async fn session_delete(&mut self, id: &str) -> Result<(), MetaError> {
+        self.tx
+            .execute("DELETE FROM upload_sessions WHERE id = ?1", &[id.into()])
+            .await?;
+        Ok(())
+    }
+
+    async fn collectable_packages(
+        &mut self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<PackageRecord>, MetaError> {
+        let collectable = "eligible_for_deletion = 1 AND deleted_seq IS NULL \
+             AND active_holds = 0 AND current_expires_at <= ?1 ORDER BY package_id";
+        packages_by_retention(&mut *self.tx, collectable, now, limit).await
+    }
+
+    async fn exclusive_bytes(&mut self, package_id: &str) -> Result<u64, MetaError> {
+        // CAST: PostgreSQL sums 64-bit integers as NUMERIC.
+        let rows = self
+            .tx
+            .fetch(
+                "SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) AS bytes FROM \
+                 (SELECT DISTINCT f.sha256, f.size FROM package_files f WHERE f.package_id = ?1 \
+                 AND NOT EXISTS (SELECT 1 FROM package_files g \
+                     WHERE g.sha256 = f.sha256 AND g.package_id <> ?1) \
+                 AND NOT EXISTS (SELECT 1 FROM packages p WHERE p.manifest_sha256 = f.sha256)) AS x",
+                &[package_id.into()],
+            )
+            .await?;
+        rows.first()
+            .ok_or_else(|| MetaError::Corrupt("no sum".into()))?
+            .u64("bytes")
+    }
+
+    async fn unreferenced_blobs(
+        &mut self,
+        cutoff: Timestamp,
+        after: &Hash,
+        limit: u32,
+    ) -> Result<Vec<BlobRecord>, MetaError> {
+        let rows = self
+            .tx
+            .fetch(
+                "SELECT b.* FROM blobs b WHERE b.sha256 > ?1 AND b.stored_at <= ?2 \
+                 AND NOT EXISTS (SELECT 1 FROM package_files f WHERE f.sha256 = b.sha256) \
+                 AND NOT EXISTS (SELECT 1 FROM packages p WHERE p.manifest_sha256 = b.sha256) \
+                 ORDER BY b.sha256 LIMIT ?3",
+                &[after.into(), cutoff.into(), i64::from(limit).into()],
+            )
+            .await?;
+        all(rows, blob_record)
+    }
+
+    async fn blob_at(&mut self, location: &str) -> Result<Option<BlobRecord>, MetaError> {
+        let rows = self
+            .tx
+            .fetch(
+                "SELECT * FROM blobs WHERE location = ?1",
+                &[location.into()],
+            )
+            .await?;
+        first(rows, blob_record)
+    }
+
+    async fn known_locations(
+        &mut self,
+        locations: &[String],
+    ) -> Result<HashSet<String>, MetaError> {
+        if locations.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let marks: Vec<String> = (1..=locations.len()).map(|i| format!("?{i}")).collect();
+        let sql = format!(
+            "SELECT location FROM blobs WHERE location IN ({})",
+            marks.join(", ")
+        );
+        let args: Vec<Arg> = locations.iter().map(Arg::from).collect();
+        let rows = self.tx.fetch(&sql, &args).await?;
+        rows.iter().map(|r| r.text("location")).collect()
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), MetaError> {
+        self.tx.commit().await
+    }
+}
