@@ -270,6 +270,7 @@ pub(crate) async fn put_blob(
         (status = 200, description = "the bytes", content_type = "application/octet-stream"),
         (status = 206, description = "the requested range", content_type = "application/octet-stream"),
         (status = 304, description = "not modified (If-None-Match)"),
+        (status = 307, description = "fetch the bytes from `Location`, a link signed by the blob backend (when `[blobs.s3] presign_downloads` is set)"),
         (status = 404, description = "no such blob", body = ProblemBody, content_type = "application/problem+json"),
         (status = 416, description = "range outside the blob", body = ProblemBody, content_type = "application/problem+json")))]
 pub(crate) async fn get_blob(
@@ -349,6 +350,17 @@ pub(crate) async fn serve_blob(
     out.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     if method == Method::HEAD {
         return Ok((status, out).into_response());
+    }
+    if let Some(link) = store.download_link(record).await? {
+        // The bytes come from the blob backend; the client sends its Range
+        // there again, and checks the digests this answer carries.
+        out.remove(header::CONTENT_RANGE);
+        out.remove(header::CONTENT_TYPE);
+        out.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+        out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        let link = HeaderValue::from_str(&link).map_err(|_| Problem::internal())?;
+        out.insert(header::LOCATION, link);
+        return Ok((StatusCode::TEMPORARY_REDIRECT, out).into_response());
     }
     let stream = store.read_blob(record, range).await?;
     Ok((status, out, Body::from_stream(stream)).into_response())

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use crate::blob::fs::FsBlobStore;
-use crate::blob::{BlobBackend, BlobError, ByteStream};
+use crate::blob::{BlobBackend, BlobError, ByteStream, StagingKind};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Result, StoreError};
 use crate::hashing::HashState;
@@ -51,6 +51,10 @@ pub struct StoreOptions {
     /// The retention classes packages may use, by name.
     pub classes: BTreeMap<String, ClassRule>,
     pub clock: Arc<dyn Clock>,
+    /// When set, whole downloads are answered with a link, valid this long,
+    /// that fetches the bytes from the blob backend directly (if it can
+    /// make one: S3 can, the filesystem cannot).
+    pub presign_downloads: Option<std::time::Duration>,
 }
 
 impl Default for StoreOptions {
@@ -59,8 +63,28 @@ impl Default for StoreOptions {
             limits: Limits::default(),
             classes: shipped_classes(),
             clock: Arc::new(SystemClock),
+            presign_downloads: None,
         }
     }
+}
+
+/// Where a store keeps its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobsConfig {
+    /// Files under the data directory.
+    Fs,
+    S3(crate::blob::s3::S3Settings),
+}
+
+/// Where a store lives: its metadata database and its blob backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backends {
+    /// The embedded pair's home (the SQLite file and the blob files, by
+    /// default).
+    pub data_dir: std::path::PathBuf,
+    /// `sqlite://…` or `postgres://…`; `None`: `<data_dir>/meta.sqlite`.
+    pub metadata_url: Option<String>,
+    pub blobs: BlobsConfig,
 }
 
 /// Whole blobs up to this size are read and checked against their digest
@@ -97,6 +121,7 @@ pub struct Store {
     pub(crate) clock: Arc<dyn Clock>,
     limits: Limits,
     classes: BTreeMap<String, ClassRule>,
+    presign_downloads: Option<std::time::Duration>,
     sessions: Mutex<HashMap<String, SessionSlot>>,
     /// The last seq this process committed, for live followers of the log.
     head: tokio::sync::watch::Sender<u64>,
@@ -145,10 +170,34 @@ impl Store {
             clock: options.clock,
             limits: options.limits,
             classes: options.classes,
+            presign_downloads: options.presign_downloads,
             sessions: Mutex::new(HashMap::new()),
             head: tokio::sync::watch::Sender::new(0),
             stats: Arc::default(),
         }
+    }
+
+    /// Opens the store `backends` name, creating what is missing (the data
+    /// directory, the database schema; an S3 bucket must exist).
+    pub async fn open(backends: &Backends, options: StoreOptions) -> Result<Store> {
+        let blobs: Arc<dyn BlobBackend> = match &backends.blobs {
+            BlobsConfig::Fs => Arc::new(FsBlobStore::open(&backends.data_dir).await?),
+            BlobsConfig::S3(s3) => Arc::new(crate::blob::s3::S3BlobStore::open(s3)?),
+        };
+        let meta = match &backends.metadata_url {
+            Some(url) => crate::meta::open(url).await?,
+            None => crate::meta::sqlite::open_path(&backends.data_dir.join("meta.sqlite")).await?,
+        };
+        Ok(Store::new(Arc::new(meta), blobs, options))
+    }
+
+    /// A link to the bytes of `record` that bypasses this server, if
+    /// downloads are configured to redirect and the backend can sign one.
+    pub async fn download_link(&self, record: &BlobRecord) -> Result<Option<String>> {
+        let Some(valid) = self.presign_downloads else {
+            return Ok(None);
+        };
+        Ok(self.blobs.presign_get(&record.location, valid).await?)
     }
 
     /// The embedded default: SQLite metadata (at `metadata_url`, or
@@ -159,12 +208,18 @@ impl Store {
         metadata_url: Option<&str>,
         options: StoreOptions,
     ) -> Result<Store> {
-        let blobs = FsBlobStore::open(data_dir).await?;
-        let meta = match metadata_url {
-            Some(url) => crate::meta::open(url).await?,
-            None => crate::meta::sqlite::open_path(&data_dir.join("meta.sqlite")).await?,
+        let backends = Backends {
+            data_dir: data_dir.to_owned(),
+            metadata_url: metadata_url.map(str::to_owned),
+            blobs: BlobsConfig::Fs,
         };
-        Ok(Store::new(Arc::new(meta), Arc::new(blobs), options))
+        Store::open(&backends, options).await
+    }
+
+    /// The blob backend, for tools and tests that look at stored bytes
+    /// directly (`verify`, conformance checks).
+    pub fn blob_backend(&self) -> &Arc<dyn BlobBackend> {
+        &self.blobs
     }
 
     /// The configured retention classes.
@@ -206,7 +261,7 @@ impl Store {
         }
         self.check_declared_size(size_hint)?;
         let id = self.new_id();
-        self.blobs.staging_create(&id).await?;
+        self.blobs.staging_create(&id, StagingKind::Request).await?;
         let result = async {
             let state = self.ingest(&id, HashState::new(), body).await?;
             self.commit_staged(&id, state, declared, actor, false).await
@@ -223,7 +278,7 @@ impl Store {
         let id = self.new_id();
         // Staging first: a crash in between leaves an orphaned staging
         // object (collected later), never a session without bytes.
-        self.blobs.staging_create(&id).await?;
+        self.blobs.staging_create(&id, StagingKind::Session).await?;
         let session = UploadSession {
             id: id.clone(),
             created_at: self.clock.now(),
@@ -262,7 +317,7 @@ impl Store {
         }
         self.check_declared_size(size_hint.map(|n| n.saturating_add(current)))?;
         let resumed = self.resume_state(id, state.take(), current).await?;
-        let next = self.append_session(id, resumed, body).await?;
+        let next = self.ingest(id, resumed, body).await?;
         let len = next.len();
         *state = Some(next);
         Ok(len)
@@ -287,7 +342,7 @@ impl Store {
         let mut state = self.resume_state(id, guard.take(), current).await?;
         if let Some((size_hint, body)) = last_chunk {
             self.check_declared_size(size_hint.map(|n| n.saturating_add(current)))?;
-            state = self.append_session(id, state, body).await?;
+            state = self.ingest(id, state, body).await?;
         }
         let result = self.commit_staged(id, state, declared, actor, true).await;
         self.forget_slot(id);
@@ -372,11 +427,12 @@ impl Store {
     /// location.
     async fn stage_bytes(&self, bytes: Bytes, blob: &BlobId) -> Result<(String, String)> {
         let id = self.new_id();
-        self.blobs.staging_create(&id).await?;
+        self.blobs.staging_create(&id, StagingKind::Request).await?;
         let committed = async {
+            let hashed = HashState::of(&bytes);
             let mut w = self.blobs.staging_append(&id).await?;
             w.write(bytes).await?;
-            w.finish().await?;
+            w.finish(&hashed).await?;
             self.blobs.staging_commit(&id, blob).await
         }
         .await;
@@ -700,6 +756,11 @@ impl Store {
         if let Some(state) = kept.filter(|s| s.len() == current) {
             return Ok(state);
         }
+        if let Some(state) = self.blobs.staging_resume(id).await?
+            && state.len() == current
+        {
+            return Ok(state);
+        }
         let staged = self.blobs.staging_read(id).await?;
         let state = hash_stream(staged, &format!("reading back staging {id}")).await?;
         if state.len() != current {
@@ -710,28 +771,11 @@ impl Store {
         Ok(state)
     }
 
-    /// Appends a request body to a session. A body the client broke off
-    /// keeps what arrived (the client resumes from the offset `HEAD`
-    /// reports); any other failure (too large, a backend error) undoes the
-    /// append, so a refused request changes nothing.
-    async fn append_session(
-        &self,
-        id: &str,
-        state: HashState,
-        body: ByteStream,
-    ) -> Result<HashState> {
-        let start = state.len();
-        let result = self.ingest(id, state, body).await;
-        if let Err(e) = &result
-            && !matches!(e, StoreError::BodyRead(_))
-        {
-            self.blobs.staging_truncate(id, start).await?;
-        }
-        result
-    }
-
     /// Streams `body` onto the staging object and through the hashers.
-    /// On success the returned state covers exactly the staged bytes.
+    /// On success the returned state covers exactly the staged bytes. A
+    /// body the client broke off keeps what arrived (a session resumes from
+    /// the offset `HEAD` reports); any other failure (too large, a backend
+    /// error) undoes the append, so a refused request changes nothing.
     async fn ingest(&self, id: &str, state: HashState, mut body: ByteStream) -> Result<HashState> {
         let limit = self.limits.max_blob_size;
         let mut hashing = state.start();
@@ -751,18 +795,27 @@ impl Store {
             Ok(())
         }
         .await;
-        // Always finish the writer: it makes what was written durable, so
-        // the offset reported after a failed request is true.
-        let written = writer.finish().await;
-        let state = hashing.stop().await.map_err(hasher_failed);
-        streamed?;
-        let (written, state) = (written?, state?);
-        if written != state.len() {
-            return Err(StoreError::Meta(MetaError::Corrupt(format!(
-                "staging {id} holds {written} bytes but {} were hashed",
-                state.len()
-            ))));
-        }
+        let hashed = hashing.stop().await.map_err(hasher_failed);
+        let state = match (streamed, hashed) {
+            (Err(e), _) | (_, Err(e)) if !matches!(e, StoreError::BodyRead(_)) => {
+                if let Err(undo) = writer.abort().await {
+                    tracing::warn!(staging = id, error = %undo, "could not undo a refused append");
+                }
+                return Err(e);
+            }
+            (streamed, hashed) => {
+                let state = hashed?;
+                let written = writer.finish(&state).await?;
+                streamed?;
+                if written != state.len() {
+                    return Err(StoreError::Meta(MetaError::Corrupt(format!(
+                        "staging {id} holds {written} bytes but {} were hashed",
+                        state.len()
+                    ))));
+                }
+                state
+            }
+        };
         Ok(state)
     }
 
@@ -820,7 +873,8 @@ impl Store {
     /// ever written for bytes that exist when it commits, and the collector
     /// deletes bytes only after seeing their row gone under the same lock.
     /// A crash before the commit leaves bytes no row names, which the next
-    /// collection removes.
+    /// collection removes. A backend with fresh locations (S3) needs no
+    /// check: no one else writes or collects a location that young.
     async fn record_blob(
         &self,
         tx: &mut Box<dyn MetaTx>,
@@ -830,12 +884,18 @@ impl Store {
         actor: &str,
     ) -> Result<StoredBlob> {
         if let Some(record) = tx.blob(&blob.sha256_digest()).await? {
+            if record.location != location {
+                // A copy at a location of its own that no row will name.
+                if let Err(e) = self.blobs.delete(&location).await {
+                    tracing::warn!(%location, error = %e, "could not remove a duplicate upload");
+                }
+            }
             return Ok(StoredBlob {
                 record,
                 created: false,
             });
         }
-        if self.blobs.stat(&location).await? != Some(blob.size) {
+        if !self.blobs.fresh_locations() && self.blobs.stat(&location).await? != Some(blob.size) {
             location = self.blobs.staging_commit(id, &blob).await?;
         }
         let data = EventData::BlobStored {

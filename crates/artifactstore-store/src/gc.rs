@@ -140,7 +140,8 @@ impl Store {
         result?;
         self.collect_uploads(settings, now, dry_run, &mut report)
             .await?;
-        self.collect_orphaned_blobs(dry_run, &deleted, &mut report)
+        let young = before(now, settings.upload_expiry);
+        self.collect_orphaned_blobs(dry_run, young, &deleted, &mut report)
             .await?;
         if !dry_run {
             use std::sync::atomic::Ordering::Relaxed;
@@ -363,12 +364,16 @@ impl Store {
     }
 
     /// Removes blob bytes that no row names: what a crash between an
-    /// upload's rename and its commit leaves. Each page is judged under the
-    /// write lock, where uploads put bytes in place, so bytes whose row is
-    /// about to commit are never taken for orphans.
+    /// upload's commit of its bytes and of its row leaves. Each page is
+    /// judged under the write lock, where uploads put bytes in place, so
+    /// bytes whose row is about to commit are never taken for orphans. At a
+    /// fresh location (named by its upload's UUID v7, as on S3) the upload
+    /// cannot put its bytes back, so such bytes are left until the upload
+    /// would have expired (`young` is that cutoff).
     async fn collect_orphaned_blobs(
         &self,
         dry_run: bool,
+        young: Timestamp,
         deleted: &HashSet<String>,
         report: &mut GcReport,
     ) -> Result<()> {
@@ -379,7 +384,11 @@ impl Store {
             after = last.clone();
             let mut tx = self.meta.begin().await?;
             let known = tx.known_locations(&page).await?;
-            for location in page.iter().filter(|l| !known.contains(*l)) {
+            let orphaned = page.iter().filter(|l| {
+                let upload = l.rsplit('/').next().and_then(id_time);
+                !known.contains(*l) && upload.is_none_or(|t| t < young)
+            });
+            for location in orphaned {
                 if dry_run {
                     // Its row was deleted by the rolled-back run, its bytes
                     // are still here: it is counted once, as a deleted blob.

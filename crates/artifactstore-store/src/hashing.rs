@@ -47,6 +47,15 @@ impl HashState {
     pub fn new() -> HashState {
         HashState::default()
     }
+    /// The state over `data`, hashed here (for small, known bytes).
+    pub fn of(data: &Bytes) -> HashState {
+        let mut state = HashState::new();
+        state.sha256.update(data);
+        state.blake3.update(data.clone());
+        state.len = data.len() as u64;
+        state
+    }
+
     /// Bytes hashed so far.
     pub fn len(&self) -> u64 {
         self.len

@@ -16,7 +16,9 @@ mod retention;
 pub mod testing;
 mod verify;
 
-pub use engine::{Limits, MAX_PAGE, Page, Store, StoreOptions, StoreStats, StoredBlob};
+pub use engine::{
+    Backends, BlobsConfig, Limits, MAX_PAGE, Page, Store, StoreOptions, StoreStats, StoredBlob,
+};
 pub use error::{ErrorClass, StoreError};
 pub use gc::{DeletedPackage, GcReport, GcSettings};
 pub use retention::SweepReport;

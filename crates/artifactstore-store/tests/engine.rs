@@ -1,66 +1,28 @@
-//! Engine behaviour on the embedded pair (SQLite + filesystem). The same
-//! cases will run on PostgreSQL + S3 once those backends exist: each test
-//! takes its store from `Pair::open`.
+//! Engine behaviour, on both backend pairs (SQLite + filesystem and
+//! PostgreSQL + S3): every case is an `async fn(TestPair)` listed in
+//! `on_both_pairs!` at the end.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use artifactstore_core::event::{ChainVerifier, Event, EventData};
 use artifactstore_core::{BlobId, Digest};
 use artifactstore_store::blob::ByteStream;
 use artifactstore_store::conformance::pattern;
+use artifactstore_store::testing::{TestPair, blob_count, staging_count};
 use artifactstore_store::{Limits, Store, StoreError, StoreOptions};
 use bytes::Bytes;
 use futures::StreamExt;
 
-struct Pair {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
+async fn open(pair: &TestPair) -> Store {
+    open_with(pair, Limits::default()).await
 }
 
-impl Pair {
-    fn new() -> Pair {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_path_buf();
-        Pair { _dir: dir, root }
-    }
-    async fn open(&self) -> Store {
-        self.open_with(Limits::default()).await
-    }
-    async fn open_with(&self, limits: Limits) -> Store {
-        Store::open_embedded(
-            &self.root,
-            None,
-            StoreOptions {
-                limits,
-                ..StoreOptions::default()
-            },
-        )
-        .await
-        .unwrap()
-    }
-    fn staging_files(&self) -> usize {
-        std::fs::read_dir(self.root.join("staging"))
-            .unwrap()
-            .count()
-    }
-    fn blob_files(&self) -> usize {
-        count_files(&self.root.join("blobs"))
-    }
-}
-
-fn count_files(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_dir() {
-                count_files(&e.path())
-            } else {
-                1
-            }
-        })
-        .sum()
+async fn open_with(pair: &TestPair, limits: Limits) -> Store {
+    pair.open(StoreOptions {
+        limits,
+        ..StoreOptions::default()
+    })
+    .await
 }
 
 fn body(data: &[u8], chunk: usize) -> ByteStream {
@@ -101,10 +63,8 @@ async fn events(store: &Store) -> Vec<Event> {
         .collect()
 }
 
-#[tokio::test]
-async fn put_stores_once_and_records_one_event() {
-    let pair = Pair::new();
-    let store = pair.open().await;
+async fn put_stores_once_and_records_one_event(pair: TestPair) {
+    let store = open(&pair).await;
     let data = pattern(300_000, 1);
     let id = BlobId::of(&data);
     let first = store
@@ -130,8 +90,8 @@ async fn put_stores_once_and_records_one_event() {
     assert_eq!(log[0].actor(), "ci");
     assert_eq!(log[0].subject(), id.sha256_digest().to_string());
     assert!(matches!(log[0].data(), EventData::BlobStored { blob, .. } if *blob == id));
-    assert_eq!(pair.blob_files(), 1);
-    assert_eq!(pair.staging_files(), 0);
+    assert_eq!(blob_count(&store).await, 1);
+    assert_eq!(staging_count(&store).await, 0);
 
     assert_eq!(read_all(&store, &id.sha256_digest(), None).await, data);
     assert_eq!(
@@ -140,10 +100,8 @@ async fn put_stores_once_and_records_one_event() {
     );
 }
 
-#[tokio::test]
-async fn digest_mismatch_stores_nothing() {
-    let pair = Pair::new();
-    let store = pair.open().await;
+async fn digest_mismatch_stores_nothing(pair: TestPair) {
+    let store = open(&pair).await;
     let data = pattern(50_000, 2);
     let wrong = BlobId::of(b"something else");
     for declared in [wrong.sha256_digest(), wrong.blake3_digest()] {
@@ -180,20 +138,20 @@ async fn digest_mismatch_stores_nothing() {
         Err(StoreError::BlobNotFound(_))
     ));
     assert_eq!(
-        (pair.blob_files(), pair.staging_files()),
+        (blob_count(&store).await, staging_count(&store).await),
         (0, 0),
         "no bytes left behind"
     );
 }
 
-#[tokio::test]
-async fn oversized_bodies_are_refused_and_leave_nothing() {
-    let pair = Pair::new();
-    let store = pair
-        .open_with(Limits {
+async fn oversized_bodies_are_refused_and_leave_nothing(pair: TestPair) {
+    let store = open_with(
+        &pair,
+        Limits {
             max_blob_size: 10_000,
-        })
-        .await;
+        },
+    )
+    .await;
     let data = pattern(10_001, 3);
     let d = BlobId::of(&data).sha256_digest();
     // Refused from the declared length before reading, and while streaming.
@@ -223,7 +181,7 @@ async fn oversized_bodies_are_refused_and_leave_nothing() {
         "bytes beyond the limit are not kept"
     );
     assert!(events(&store).await.is_empty());
-    assert_eq!(pair.blob_files(), 0);
+    assert_eq!(blob_count(&store).await, 0);
     // Exactly at the limit is fine.
     let ok = &data[..10_000];
     store
@@ -237,10 +195,8 @@ async fn oversized_bodies_are_refused_and_leave_nothing() {
         .unwrap();
 }
 
-#[tokio::test]
-async fn resumable_upload_with_offsets() {
-    let pair = Pair::new();
-    let store = pair.open().await;
+async fn resumable_upload_with_offsets(pair: TestPair) {
+    let store = open(&pair).await;
     let data = pattern(2_500_000, 4);
     let id = BlobId::of(&data);
     let up = store.create_upload("ci").await.unwrap();
@@ -293,41 +249,37 @@ async fn resumable_upload_with_offsets() {
         "finished session is gone"
     );
     assert_eq!(read_all(&store, &id.sha256_digest(), None).await, data);
-    assert_eq!(pair.staging_files(), 0);
+    assert_eq!(staging_count(&store).await, 0);
 }
 
-#[tokio::test]
-async fn upload_survives_a_restart() {
-    let pair = Pair::new();
-    let data = pattern(1_500_000, 5);
+/// Each append lands on a fresh engine (as on another node, or after a
+/// restart), which knows nothing in memory; the appends cross S3's part
+/// size, so parts and tails both carry over.
+async fn upload_survives_a_restart(pair: TestPair) {
+    let data = pattern(11 << 20 | 4321, 5);
     let id = BlobId::of(&data);
-    let up = {
-        let store = pair.open().await;
-        let up = store.create_upload("ci").await.unwrap();
-        store
-            .append_upload(&up, 0, None, body(&data[..700_001], 10_000))
+    let up = open(&pair).await.create_upload("ci").await.unwrap();
+    let cuts = [0, 700_001, 6 << 20, 10 << 20, data.len()];
+    for w in cuts.windows(2) {
+        let store = open(&pair).await;
+        assert_eq!(store.upload_offset(&up).await.unwrap(), w[0] as u64);
+        let next = store
+            .append_upload(&up, w[0] as u64, None, body(&data[w[0]..w[1]], 64 << 10))
             .await
             .unwrap();
-        up
-    };
-    // A new engine on the same data dir knows nothing in memory.
-    let store = pair.open().await;
-    assert_eq!(store.upload_offset(&up).await.unwrap(), 700_001);
-    store
-        .append_upload(&up, 700_001, None, body(&data[700_001..], 10_000))
-        .await
-        .unwrap();
+        assert_eq!(next, w[1] as u64);
+    }
+    let store = open(&pair).await;
     let stored = store
         .finish_upload(&up, &[id.blake3_digest()], None, "ci")
         .await
         .unwrap();
     assert_eq!(stored.record.blob, id);
+    assert!(read_all(&store, &id.sha256_digest(), None).await == data);
 }
 
-#[tokio::test]
-async fn interrupted_append_keeps_what_arrived_and_resumes() {
-    let pair = Pair::new();
-    let store = pair.open().await;
+async fn interrupted_append_keeps_what_arrived_and_resumes(pair: TestPair) {
+    let store = open(&pair).await;
     let data = pattern(400_000, 6);
     let id = BlobId::of(&data);
     let up = store.create_upload("ci").await.unwrap();
@@ -352,10 +304,8 @@ async fn interrupted_append_keeps_what_arrived_and_resumes() {
     assert_eq!(stored.record.blob, id);
 }
 
-#[tokio::test]
-async fn finishing_with_a_wrong_digest_ends_the_session() {
-    let pair = Pair::new();
-    let store = pair.open().await;
+async fn finishing_with_a_wrong_digest_ends_the_session(pair: TestPair) {
+    let store = open(&pair).await;
     let up = store.create_upload("ci").await.unwrap();
     store
         .append_upload(&up, 0, None, body(b"hello", 2))
@@ -371,13 +321,14 @@ async fn finishing_with_a_wrong_digest_ends_the_session() {
         Err(StoreError::UploadNotFound(_))
     ));
     assert!(events(&store).await.is_empty());
-    assert_eq!((pair.blob_files(), pair.staging_files()), (0, 0));
+    assert_eq!(
+        (blob_count(&store).await, staging_count(&store).await),
+        (0, 0)
+    );
 }
 
-#[tokio::test]
-async fn finish_requires_a_digest_and_unknown_ids_are_not_found() {
-    let pair = Pair::new();
-    let store = pair.open().await;
+async fn finish_requires_a_digest_and_unknown_ids_are_not_found(pair: TestPair) {
+    let store = open(&pair).await;
     let up = store.create_upload("ci").await.unwrap();
     assert!(matches!(
         store.finish_upload(&up, &[], None, "ci").await,
@@ -411,13 +362,11 @@ async fn finish_requires_a_digest_and_unknown_ids_are_not_found() {
         store.upload_offset(&up).await,
         Err(StoreError::UploadNotFound(_))
     ));
-    assert_eq!(pair.staging_files(), 0);
+    assert_eq!(staging_count(&store).await, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_uploads_of_the_same_bytes_record_one_event() {
-    let pair = Pair::new();
-    let store = Arc::new(pair.open().await);
+async fn concurrent_uploads_of_the_same_bytes_record_one_event(pair: TestPair) {
+    let store = Arc::new(open(&pair).await);
     let data = Arc::new(pattern(200_000, 7));
     let d = BlobId::of(&data).sha256_digest();
     let tasks: Vec<_> = (0..8)
@@ -438,13 +387,11 @@ async fn concurrent_uploads_of_the_same_bytes_record_one_event() {
     assert_eq!(created, 1);
     assert_eq!(events(&store).await.len(), 1);
     assert_eq!(read_all(&store, &d, None).await, *data);
-    assert_eq!(pair.staging_files(), 0);
+    assert_eq!(staging_count(&store).await, 0);
 }
 
-#[tokio::test]
-async fn empty_blob_and_out_of_range_reads() {
-    let pair = Pair::new();
-    let store = pair.open().await;
+async fn empty_blob_and_out_of_range_reads(pair: TestPair) {
+    let store = open(&pair).await;
     let id = BlobId::of(b"");
     store
         .put_blob(&[id.sha256_digest()], Some(0), body(b"", 1), "ci")
@@ -466,3 +413,16 @@ async fn empty_blob_and_out_of_range_reads() {
         })
     ));
 }
+
+artifactstore_store::on_both_pairs!(
+    put_stores_once_and_records_one_event,
+    digest_mismatch_stores_nothing,
+    oversized_bodies_are_refused_and_leave_nothing,
+    resumable_upload_with_offsets,
+    upload_survives_a_restart,
+    interrupted_append_keeps_what_arrived_and_resumes,
+    finishing_with_a_wrong_digest_ends_the_session,
+    finish_requires_a_digest_and_unknown_ids_are_not_found,
+    concurrent_uploads_of_the_same_bytes_record_one_event,
+    empty_blob_and_out_of_range_reads,
+);

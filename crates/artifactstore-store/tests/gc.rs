@@ -2,7 +2,6 @@
 //! deletes, its dry run, its recovery, and the race it must not lose.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -11,10 +10,12 @@ use artifactstore_core::event::Event;
 use artifactstore_core::manifest::{FileEntry, Manifest};
 use artifactstore_core::retention::{ClassRule, shipped_classes};
 use artifactstore_core::{BlobId, Timestamp};
+use artifactstore_store::blob::StagingKind;
 use artifactstore_store::clock::ManualClock;
 use artifactstore_store::conformance::pattern;
+use artifactstore_store::hashing::HashState;
 use artifactstore_store::meta::MetadataStore;
-use artifactstore_store::meta::sqlite;
+use artifactstore_store::testing::{PairKind, TestPair};
 use artifactstore_store::{GcSettings, Store, StoreError, StoreOptions};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -22,7 +23,7 @@ use futures::StreamExt;
 const T0: &str = "2026-11-28T11:15:20.123456Z";
 const HOUR: Duration = Duration::from_secs(3600);
 
-async fn open(dir: &Path, clock: Arc<ManualClock>) -> Store {
+async fn open(pair: &TestPair, clock: Arc<ManualClock>) -> Store {
     let mut classes = shipped_classes();
     classes.insert("ci-short".into(), ClassRule::Period { seconds: 2 });
     let options = StoreOptions {
@@ -30,7 +31,7 @@ async fn open(dir: &Path, clock: Arc<ManualClock>) -> Store {
         clock,
         ..StoreOptions::default()
     };
-    Store::open_embedded(dir, None, options).await.unwrap()
+    pair.open(options).await
 }
 
 fn settings(grace: Duration) -> GcSettings {
@@ -86,38 +87,53 @@ async fn log_types(store: &Store) -> Vec<&'static str> {
         .collect()
 }
 
-/// The files the blob backend keeps (not the database's).
-fn stored_files(root: &Path) -> Vec<std::path::PathBuf> {
-    ["blobs", "staging", "trash"]
-        .iter()
-        .flat_map(|d| files_under(&root.join(d)))
-        .collect()
+/// What the blob backend keeps: blobs, staging objects and trash.
+async fn stored(store: &Store) -> (Vec<String>, Vec<String>, usize) {
+    let b = store.blob_backend();
+    let mut blobs: Vec<String> = Vec::new();
+    loop {
+        let after = blobs.last().cloned().unwrap_or_default();
+        let page = b.list_after(&after, 1000).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        blobs.extend(page);
+    }
+    let mut staging = b.staging_list().await.unwrap();
+    staging.sort();
+    (blobs, staging, b.trash_list().await.unwrap().len())
 }
 
-fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            } else {
-                out.push(e.path());
-            }
-        }
-    }
-    out.sort();
-    out
+/// Puts `data` into the blob backend as staging `id` would, with no row:
+/// what a crash between the two commits leaves. Returns its location.
+async fn commit_without_row(store: &Store, id: &str, data: &[u8]) -> String {
+    let b = store.blob_backend();
+    b.staging_create(id, StagingKind::Request).await.unwrap();
+    let bytes = Bytes::copy_from_slice(data);
+    let mut w = b.staging_append(id).await.unwrap();
+    w.write(bytes.clone()).await.unwrap();
+    w.finish(&HashState::of(&bytes)).await.unwrap();
+    let location = b.staging_commit(id, &BlobId::of(data)).await.unwrap();
+    b.staging_delete(id).await.unwrap();
+    location
+}
+
+/// A staging id from long ago (a UUID v7 of 2023).
+fn old_id(n: u32) -> String {
+    uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        1_700_000_000,
+        n,
+    ))
+    .to_string()
 }
 
 /// An expired package is deleted by the collector and stays readable as
 /// metadata; its own blob goes once the grace period is over, the blob it
 /// shares with a live package and its manifest stay.
-#[tokio::test]
-async fn an_expired_package_is_deleted_and_its_own_bytes_collected_after_grace() {
-    let dir = tempfile::tempdir().unwrap();
+async fn an_expired_package_is_deleted_and_its_own_bytes_collected_after_grace(pair: TestPair) {
     let clock = Arc::new(ManualClock::new(T0.parse().unwrap()));
-    let store = open(dir.path(), clock.clone()).await;
+    let store = open(&pair, clock.clone()).await;
     let own = pattern(10_000, 1);
     let shared = pattern(3_000, 2);
     upload(&store, &own).await;
@@ -217,7 +233,7 @@ async fn an_expired_package_is_deleted_and_its_own_bytes_collected_after_grace()
         1
     );
     assert_eq!(types.last(), Some(&"v1.blob.deleted"));
-    assert!(files_under(&dir.path().join("trash")).is_empty());
+    assert_eq!(stored(&store).await.2, 0, "no trash left");
     let v = store.verify(true).await.unwrap();
     assert!(v.is_ok(), "{:?}", v.findings);
 
@@ -231,11 +247,9 @@ async fn an_expired_package_is_deleted_and_its_own_bytes_collected_after_grace()
 
 /// A hold or an extension that commits before the collector's transaction
 /// keeps the package, even though the sweeper had marked it.
-#[tokio::test]
-async fn a_hold_or_extension_that_lands_first_wins() {
-    let dir = tempfile::tempdir().unwrap();
+async fn a_hold_or_extension_that_lands_first_wins(pair: TestPair) {
     let clock = Arc::new(ManualClock::new(T0.parse().unwrap()));
-    let store = open(dir.path(), clock.clone()).await;
+    let store = open(&pair, clock.clone()).await;
     let id = store
         .create_package(&manifest(&[]), "ci-short", "ci")
         .await
@@ -298,11 +312,9 @@ async fn a_hold_or_extension_that_lands_first_wins() {
 
 /// A dry run reports what a real run at the same moment deletes, item for
 /// item, and changes nothing.
-#[tokio::test]
-async fn a_dry_run_reports_exactly_what_a_real_run_deletes() {
-    let dir = tempfile::tempdir().unwrap();
+async fn a_dry_run_reports_exactly_what_a_real_run_deletes(pair: TestPair) {
     let clock = Arc::new(ManualClock::new(T0.parse().unwrap()));
-    let store = open(dir.path(), clock.clone()).await;
+    let store = open(&pair, clock.clone()).await;
     for i in 0..6u8 {
         let a = pattern(1000 + usize::from(i), i);
         let b = pattern(500, 100 + i % 2); // shared by pairs
@@ -328,14 +340,14 @@ async fn a_dry_run_reports_exactly_what_a_real_run_deletes() {
     store.sweep().await.unwrap();
 
     let head = store.events_after(0, 1000).await.unwrap().len();
-    let files = stored_files(dir.path());
+    let files = stored(&store).await;
     let dry = store.collect(&settings(HOUR), true).await.unwrap();
     assert_eq!(
         store.events_after(0, 1000).await.unwrap().len(),
         head,
         "no event"
     );
-    assert_eq!(stored_files(dir.path()), files, "no byte");
+    assert_eq!(stored(&store).await, files, "no byte");
     assert_eq!(store.upload_offset(&session).await.unwrap(), 7);
 
     let real = store.collect(&settings(HOUR), false).await.unwrap();
@@ -356,7 +368,7 @@ async fn a_dry_run_reports_exactly_what_a_real_run_deletes() {
         store.upload_offset(&session).await,
         Err(StoreError::UploadNotFound(_))
     ));
-    assert!(files_under(&dir.path().join("staging")).is_empty());
+    assert!(stored(&store).await.1.is_empty(), "no staging left");
     let v = store.verify(true).await.unwrap();
     assert!(v.is_ok(), "{:?}", v.findings);
 }
@@ -364,11 +376,9 @@ async fn a_dry_run_reports_exactly_what_a_real_run_deletes() {
 /// What crashes leave behind: staging without a session, bytes without a
 /// row, trash of a collection that never committed (put back) and of one
 /// that did (purged).
-#[tokio::test]
-async fn crash_leftovers_are_recovered_or_removed() {
-    let dir = tempfile::tempdir().unwrap();
+async fn crash_leftovers_are_recovered_or_removed(pair: TestPair) {
     let clock = Arc::new(ManualClock::new(T0.parse().unwrap()));
-    let store = open(dir.path(), clock.clone()).await;
+    let store = open(&pair, clock.clone()).await;
     let kept = pattern(4096, 7);
     let kept_id = upload(&store, &kept).await;
     store
@@ -376,46 +386,38 @@ async fn crash_leftovers_are_recovered_or_removed() {
         .await
         .unwrap();
     let record = store.blob(&kept_id.sha256_digest()).await.unwrap();
-    let root = dir.path();
+    let blobs = store.blob_backend();
 
     // A collection that trashed a referenced blob and died before its commit.
-    let trash_name = format!(
-        "{}.{}",
-        record.stored_seq,
-        record.location.replace('/', "+")
-    );
-    std::fs::rename(
-        root.join(&record.location),
-        root.join("trash").join(&trash_name),
-    )
-    .unwrap();
-    assert!(
-        read_all(&store, &kept_id).await.is_err(),
-        "unreadable until recovered"
-    );
+    blobs
+        .trash(&record.location, record.stored_seq)
+        .await
+        .unwrap();
+    if pair.kind() == PairKind::Embedded {
+        assert!(
+            read_all(&store, &kept_id).await.is_err(),
+            "moved aside: unreadable until recovered"
+        );
+    }
     assert_eq!(store.recover().await.unwrap(), Some(1));
     assert_eq!(read_all(&store, &kept_id).await.unwrap(), kept);
 
     // Trash whose row is gone, bytes no row names, staging nobody owns.
-    std::fs::write(root.join("trash/3.blobs+blake3+ab+cd+abcd"), b"old").unwrap();
-    let orphan = BlobId::of(b"orphan");
-    let orphan_path = root.join(artifactstore_store::blob::fs::FsBlobStore::location_of(
-        &orphan,
-    ));
-    std::fs::create_dir_all(orphan_path.parent().unwrap()).unwrap();
-    std::fs::write(&orphan_path, b"orphan").unwrap();
-    let old_staging = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
-        uuid::NoContext,
-        1_700_000_000,
-        0,
-    ));
-    std::fs::write(root.join("staging").join(old_staging.to_string()), b"half").unwrap();
-    // The second name a commit uses to replace damaged bytes.
-    std::fs::write(
-        root.join("staging").join(format!("{old_staging}-replace")),
-        b"half",
-    )
-    .unwrap();
+    let gone = commit_without_row(&store, &old_id(1), b"old").await;
+    blobs.trash(&gone, 3).await.unwrap();
+    let orphan = commit_without_row(&store, &old_id(2), b"orphan").await;
+    let old_staging = old_id(3);
+    blobs
+        .staging_create(&old_staging, StagingKind::Session)
+        .await
+        .unwrap();
+    let mut orphaned_staging = 1;
+    if pair.kind() == PairKind::Embedded {
+        // The second name a filesystem commit uses to replace damaged bytes.
+        let staging = pair.dir().join("staging");
+        std::fs::write(staging.join(format!("{old_staging}-replace")), b"half").unwrap();
+        orphaned_staging += 1;
+    }
     let fresh = store.create_upload("ci").await.unwrap();
 
     let report = store.collect(&settings(HOUR), false).await.unwrap();
@@ -425,27 +427,21 @@ async fn crash_leftovers_are_recovered_or_removed() {
             report.orphaned_staging,
             report.restored
         ),
-        (1, 2, 0)
+        (1, orphaned_staging, 0)
     );
-    assert!(files_under(&root.join("trash")).is_empty());
-    assert!(!orphan_path.exists());
-    assert_eq!(
-        files_under(&root.join("staging")),
-        [root.join("staging").join(&fresh)],
-        "a live session's bytes stay"
-    );
+    let (_, staging, trash) = stored(&store).await;
+    assert_eq!(trash, 0);
+    assert_eq!(blobs.stat(&orphan).await.unwrap(), None);
+    assert_eq!(blobs.stat(&gone).await.unwrap(), None);
+    assert_eq!(staging, [fresh], "a live session's bytes stay");
     let v = store.verify(true).await.unwrap();
     assert!(v.is_ok(), "{:?}", v.findings);
 }
 
-#[tokio::test]
-async fn only_one_collector_runs_at_a_time() {
-    let dir = tempfile::tempdir().unwrap();
+async fn only_one_collector_runs_at_a_time(pair: TestPair) {
     let clock = Arc::new(ManualClock::new(T0.parse().unwrap()));
-    let store = open(dir.path(), clock).await;
-    let other = sqlite::open_path(&dir.path().join("meta.sqlite"))
-        .await
-        .unwrap();
+    let store = open(&pair, clock).await;
+    let other = pair.metadata().await;
     let held = other.try_lead("collector").await.unwrap().expect("free");
     let err = store.collect(&settings(HOUR), false).await.unwrap_err();
     assert_eq!(err.code(), "collector-busy");
@@ -457,21 +453,18 @@ async fn only_one_collector_runs_at_a_time() {
 /// A whole blob whose bytes changed on disk is never served complete: a
 /// small one is refused before its first byte, a large one's stream fails
 /// before its last chunk. Ranges are served as stored.
-#[tokio::test]
-async fn a_corrupt_blob_read_fails_before_the_end() {
-    let dir = tempfile::tempdir().unwrap();
+async fn a_corrupt_blob_read_fails_before_the_end(pair: TestPair) {
     let clock = Arc::new(ManualClock::new(T0.parse().unwrap()));
-    let store = open(dir.path(), clock).await;
+    let store = open(&pair, clock).await;
     // Checked before sending, and while streaming.
     for (size, flip) in [(1 << 20, 700_000), (5 << 20, (5 << 20) - 1)] {
         let data = pattern(size, 3);
         let id = upload(&store, &data).await;
         let record = store.blob(&id.sha256_digest()).await.unwrap();
         assert_eq!(read_all(&store, &id).await.unwrap(), data, "intact");
-        let path = dir.path().join(&record.location);
-        let mut bytes = std::fs::read(&path).unwrap();
+        let mut bytes = data.clone();
         bytes[flip] ^= 0x01;
-        std::fs::write(&path, &bytes).unwrap();
+        pair.overwrite_blob(&record.location, bytes).await;
 
         if size <= 1 << 20 {
             // Small: checked before the first byte, refused cleanly.
@@ -518,20 +511,22 @@ impl XorShift {
 /// period run in a loop, deleting packages as they expire and every blob
 /// the moment nothing references it. Every package that was acknowledged
 /// and not deleted by the collector must then read back byte for byte.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn collection_never_deletes_what_a_package_references() {
+async fn collection_never_deletes_what_a_package_references(pair: TestPair) {
     const CLIENTS: u64 = 6;
-    /// Clients push until the collectors have completed this many runs.
-    const COLLECTIONS: u64 = 300;
+    // Clients push until the collectors have completed this many runs
+    // (fewer on the scale-out pair, whose test S3 server lists slowly).
+    let collections_wanted: u64 = match pair.kind() {
+        PairKind::Embedded => 300,
+        PairKind::ScaleOut => 100,
+    };
     /// Clients draw each file from this many contents, starting at twice
     /// the number of completed collections: blobs fall out of use, their
     /// packages expire and they are collected while newer packages still
     /// pick them.
     const WINDOW: u64 = 16;
-    let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(T0.parse().unwrap()));
-    let a = Arc::new(open(dir.path(), clock.clone()).await);
-    let b = Arc::new(open(dir.path(), clock.clone()).await);
+    let a = Arc::new(open(&pair, clock.clone()).await);
+    let b = Arc::new(open(&pair, clock.clone()).await);
     let content = |n: u64| {
         let mut v = n.to_le_bytes().to_vec();
         v.extend(pattern(512 + 97 * (n % 13) as usize, n as u8));
@@ -581,7 +576,7 @@ async fn collection_never_deletes_what_a_package_references() {
         clients.push(tokio::spawn(async move {
             let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ (c + 1));
             let mut acknowledged = Vec::new();
-            while collections.load(Ordering::SeqCst) < COLLECTIONS {
+            while collections.load(Ordering::SeqCst) < collections_wanted {
                 // Paced to the collectors: about one package per client per
                 // collection, so every collection races fresh creations.
                 while acknowledged.len() as u64 > collections.load(Ordering::SeqCst) + 2 {
@@ -673,7 +668,7 @@ async fn collection_never_deletes_what_a_package_references() {
         live,
         deleted,
     ));
-    assert!(collections.load(Ordering::SeqCst) >= COLLECTIONS);
+    assert!(collections.load(Ordering::SeqCst) >= collections_wanted);
     assert!(
         blobs_deleted.load(Ordering::SeqCst) > 0 && deleted > 0,
         "the collector did work"
@@ -684,17 +679,15 @@ async fn collection_never_deletes_what_a_package_references() {
 /// answers "no such upload", not an internal error. (The narrower race, bytes
 /// going while a request is under way, is mapped the same way by
 /// `From<BlobError> for StoreError` but has no deterministic trigger.)
-#[tokio::test]
-async fn an_upload_whose_bytes_were_collected_is_not_found() {
-    let dir = tempfile::tempdir().unwrap();
+async fn an_upload_whose_bytes_were_collected_is_not_found(pair: TestPair) {
     let clock = Arc::new(ManualClock::new(T0.parse().unwrap()));
-    let store = open(dir.path(), clock).await;
+    let store = open(&pair, clock).await;
     let id = store.create_upload("ci").await.unwrap();
     store
         .append_upload(&id, 0, None, body(b"abc"))
         .await
         .unwrap();
-    std::fs::remove_file(dir.path().join("staging").join(&id)).unwrap();
+    store.blob_backend().staging_delete(&id).await.unwrap();
     let digest = BlobId::of(b"abc").sha256_digest();
     let finish = store.finish_upload(&id, &[digest], None, "ci").await;
     assert!(
@@ -709,3 +702,14 @@ fn report(line: std::fmt::Arguments<'_>) {
     use std::io::Write as _;
     let _ = writeln!(std::io::stderr(), "{line}");
 }
+
+artifactstore_store::on_both_pairs!(
+    an_expired_package_is_deleted_and_its_own_bytes_collected_after_grace,
+    a_hold_or_extension_that_lands_first_wins,
+    a_dry_run_reports_exactly_what_a_real_run_deletes,
+    crash_leftovers_are_recovered_or_removed,
+    only_one_collector_runs_at_a_time,
+    a_corrupt_blob_read_fails_before_the_end,
+    collection_never_deletes_what_a_package_references,
+    an_upload_whose_bytes_were_collected_is_not_found,
+);

@@ -11,20 +11,20 @@ use artifactstore_core::{BlobId, Timestamp};
 use artifactstore_store::clock::ManualClock;
 use artifactstore_store::conformance::pattern;
 use artifactstore_store::meta::PackageFilter;
+use artifactstore_store::testing::TestPair;
 use artifactstore_store::{Store, StoreError, StoreOptions};
 use bytes::Bytes;
 use futures::StreamExt;
 
 struct Fixture {
-    _dir: tempfile::TempDir,
+    _pair: TestPair,
     store: Arc<Store>,
     clock: Arc<ManualClock>,
 }
 
 const T0: &str = "2026-11-28T11:15:20.123456Z";
 
-async fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
+async fn fixture(pair: TestPair) -> Fixture {
     let clock = Arc::new(ManualClock::new(T0.parse().unwrap()));
     let mut classes = artifactstore_core::retention::shipped_classes();
     classes.insert("ci-short".into(), ClassRule::Period { seconds: 2 });
@@ -33,13 +33,9 @@ async fn fixture() -> Fixture {
         clock: clock.clone(),
         ..StoreOptions::default()
     };
-    let store = Arc::new(
-        Store::open_embedded(dir.path(), None, options)
-            .await
-            .unwrap(),
-    );
+    let store = Arc::new(pair.open(options).await);
     Fixture {
-        _dir: dir,
+        _pair: pair,
         store,
         clock,
     }
@@ -83,9 +79,8 @@ async fn event_types(store: &Store) -> Vec<&'static str> {
         .collect()
 }
 
-#[tokio::test]
-async fn creation_writes_both_events_and_the_views() {
-    let f = fixture().await;
+async fn creation_writes_both_events_and_the_views(pair: TestPair) {
+    let f = fixture(pair).await;
     let log = pattern(5000, 1);
     upload(&f.store, &log).await;
     upload(&f.store, b"<testsuite/>").await;
@@ -159,9 +154,8 @@ async fn creation_writes_both_events_and_the_views() {
     ));
 }
 
-#[tokio::test]
-async fn expiry_is_fixed_from_the_class_at_creation() {
-    let f = fixture().await;
+async fn expiry_is_fixed_from_the_class_at_creation(pair: TestPair) {
+    let f = fixture(pair).await;
     upload(&f.store, b"x").await;
     let m = manifest("a", &[("x", b"x")]);
     let short = f.store.create_package(&m, "ci-short", "ci").await.unwrap();
@@ -187,9 +181,8 @@ async fn expiry_is_fixed_from_the_class_at_creation() {
     assert_eq!(short.manifest_sha256, later.manifest_sha256);
 }
 
-#[tokio::test]
-async fn an_empty_package_is_allowed() {
-    let f = fixture().await;
+async fn an_empty_package_is_allowed(pair: TestPair) {
+    let f = fixture(pair).await;
     let p = f
         .store
         .create_package(&manifest("empty", &[]), "scratch", "ci")
@@ -198,9 +191,8 @@ async fn an_empty_package_is_allowed() {
     assert_eq!((p.file_count, p.total_size), (0, 0));
 }
 
-#[tokio::test]
-async fn refused_creations_write_nothing() {
-    let f = fixture().await;
+async fn refused_creations_write_nothing(pair: TestPair) {
+    let f = fixture(pair).await;
     upload(&f.store, b"present").await;
     let before = event_types(&f.store).await.len();
 
@@ -258,9 +250,8 @@ async fn refused_creations_write_nothing() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn listing_filters_and_pages_stay_correct_while_packages_are_added() {
-    let f = fixture().await;
+async fn listing_filters_and_pages_stay_correct_while_packages_are_added(pair: TestPair) {
+    let f = fixture(pair).await;
     upload(&f.store, b"x").await;
     let m1 = manifest("team/a", &[("x", b"x")]);
     let m2 = manifest("team/b", &[("x", b"x")]);
@@ -344,3 +335,11 @@ async fn listing_filters_and_pages_stay_correct_while_packages_are_added() {
         "in creation order, no duplicates"
     );
 }
+
+artifactstore_store::on_both_pairs!(
+    creation_writes_both_events_and_the_views,
+    expiry_is_fixed_from_the_class_at_creation,
+    an_empty_package_is_allowed,
+    refused_creations_write_nothing,
+    listing_filters_and_pages_stay_correct_while_packages_are_added,
+);

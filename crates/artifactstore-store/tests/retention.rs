@@ -11,6 +11,7 @@ use artifactstore_core::manifest::Manifest;
 use artifactstore_core::retention::{ClassRule, shipped_classes};
 use artifactstore_store::clock::ManualClock;
 use artifactstore_store::meta::PackageFilter;
+use artifactstore_store::testing::TestPair;
 use artifactstore_store::{Store, StoreError, StoreOptions};
 
 const T0: &str = "2026-11-28T11:15:20.123456Z";
@@ -19,7 +20,7 @@ fn ts(s: &str) -> Timestamp {
     s.parse().unwrap()
 }
 
-async fn open(dir: &std::path::Path, clock: Arc<ManualClock>) -> Store {
+async fn open(pair: &TestPair, clock: Arc<ManualClock>) -> Store {
     let mut classes = shipped_classes();
     classes.insert("ci-short".into(), ClassRule::Period { seconds: 2 });
     let options = StoreOptions {
@@ -27,7 +28,7 @@ async fn open(dir: &std::path::Path, clock: Arc<ManualClock>) -> Store {
         clock,
         ..StoreOptions::default()
     };
-    Store::open_embedded(dir, None, options).await.unwrap()
+    pair.open(options).await
 }
 
 async fn package(store: &Store, class: &str) -> String {
@@ -56,11 +57,9 @@ async fn history(store: &Store, id: &str) -> Vec<&'static str> {
 
 /// The seed's lifecycle: extended once, held, expiry passes, still
 /// ineligible, released, swept, eligible: once per transition.
-#[tokio::test]
-async fn the_lifecycle_from_default_to_eligible() {
-    let dir = tempfile::tempdir().unwrap();
+async fn the_lifecycle_from_default_to_eligible(pair: TestPair) {
     let clock = Arc::new(ManualClock::new(ts(T0)));
-    let store = open(dir.path(), clock.clone()).await;
+    let store = open(&pair, clock.clone()).await;
     let id = package(&store, "release-evidence").await;
     let created = store.package(&id).await.unwrap();
     let three_years = created.retention.current_expires_at.unwrap();
@@ -139,11 +138,9 @@ fn clock_now(clock: &ManualClock) -> Timestamp {
     clock.now()
 }
 
-#[tokio::test]
-async fn a_hold_or_an_extension_makes_an_eligible_package_ineligible_at_once() {
-    let dir = tempfile::tempdir().unwrap();
+async fn a_hold_or_an_extension_makes_an_eligible_package_ineligible_at_once(pair: TestPair) {
     let clock = Arc::new(ManualClock::new(ts(T0)));
-    let store = open(dir.path(), clock.clone()).await;
+    let store = open(&pair, clock.clone()).await;
     let id = package(&store, "ci-short").await;
     clock.advance(Duration::from_secs(3));
     assert_eq!(store.sweep().await.unwrap().marked, 1);
@@ -177,11 +174,9 @@ async fn a_hold_or_an_extension_makes_an_eligible_package_ineligible_at_once() {
     assert!(store.packages(&only, 0, 10).await.unwrap().items.is_empty());
 }
 
-#[tokio::test]
-async fn holds_are_independent() {
-    let dir = tempfile::tempdir().unwrap();
+async fn holds_are_independent(pair: TestPair) {
     let clock = Arc::new(ManualClock::new(ts(T0)));
-    let store = open(dir.path(), clock.clone()).await;
+    let store = open(&pair, clock.clone()).await;
     let id = package(&store, "ci-short").await;
     let a = store.apply_hold(&id, "legal", "l").await.unwrap();
     let b = store.apply_hold(&id, "finance", "f").await.unwrap();
@@ -215,11 +210,9 @@ async fn holds_are_independent() {
     assert_eq!(store.sweep().await.unwrap().marked, 1);
 }
 
-#[tokio::test]
-async fn refused_changes_write_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+async fn refused_changes_write_nothing(pair: TestPair) {
     let clock = Arc::new(ManualClock::new(ts(T0)));
-    let store = open(dir.path(), clock).await;
+    let store = open(&pair, clock).await;
     let id = package(&store, "scratch").await;
     let forever = package(&store, "permanent-record").await;
     let current = store
@@ -307,12 +300,10 @@ async fn refused_changes_write_nothing() {
 
 /// Several processes sweeping the same database at the same moment: each
 /// transition is recorded exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_sweepers_record_each_transition_once() {
+async fn concurrent_sweepers_record_each_transition_once(pair: TestPair) {
     const PACKAGES: usize = 1200;
-    let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(ts(T0)));
-    let first = Arc::new(open(dir.path(), clock.clone()).await);
+    let first = Arc::new(open(&pair, clock.clone()).await);
     // Several packages per transaction would be faster; one each is what
     // clients do.
     for _ in 0..PACKAGES {
@@ -321,7 +312,7 @@ async fn concurrent_sweepers_record_each_transition_once() {
     let kept = package(&first, "scratch").await;
     clock.advance(Duration::from_secs(60));
     // A second engine on the same files stands in for a second process.
-    let second = Arc::new(open(dir.path(), clock.clone()).await);
+    let second = Arc::new(open(&pair, clock.clone()).await);
     let sweepers: Vec<_> = (0..6)
         .map(|i| {
             let store = if i % 2 == 0 {
@@ -350,3 +341,11 @@ async fn concurrent_sweepers_record_each_transition_once() {
     assert!(!eligible(&first, &kept).await);
     println!("6 concurrent sweepers on 2 engines marked {marked} packages once each");
 }
+
+artifactstore_store::on_both_pairs!(
+    the_lifecycle_from_default_to_eligible,
+    a_hold_or_an_extension_makes_an_eligible_package_ineligible_at_once,
+    holds_are_independent,
+    refused_changes_write_nothing,
+    concurrent_sweepers_record_each_transition_once,
+);

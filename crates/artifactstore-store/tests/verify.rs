@@ -2,20 +2,18 @@
 //! kind of tampering with the log, the views and the bytes.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 use artifactstore_core::BlobId;
 use artifactstore_core::manifest::{FileEntry, Manifest};
-use artifactstore_store::blob::fs::FsBlobStore;
 use artifactstore_store::conformance::pattern;
 use artifactstore_store::meta::{PackageFile, PackageFilter, PackageRecord};
+use artifactstore_store::testing::{PairKind, TestPair};
 use artifactstore_store::{Finding, Store, StoreError, StoreOptions};
 use bytes::Bytes;
 use futures::StreamExt;
 
 struct Workload {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
+    pair: TestPair,
     store: Store,
     blobs: Vec<BlobId>,
     packages: Vec<String>,
@@ -27,12 +25,8 @@ fn body(data: Vec<u8>) -> artifactstore_store::blob::ByteStream {
 
 /// Blobs (one through a session), three packages of different classes
 /// sharing a blob, and a re-upload that dedupes.
-async fn workload() -> Workload {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().to_path_buf();
-    let store = Store::open_embedded(&root, None, StoreOptions::default())
-        .await
-        .unwrap();
+async fn workload(pair: TestPair) -> Workload {
+    let store = pair.open(StoreOptions::default()).await;
     let mut blobs = Vec::new();
     for i in 0..4u8 {
         let data = pattern(1000 + i as usize * 777, i);
@@ -86,8 +80,7 @@ async fn workload() -> Workload {
         packages.push(store.create_package(&m, class, "ci").await.unwrap().id);
     }
     Workload {
-        _dir: dir,
-        root,
+        pair,
         store,
         blobs,
         packages,
@@ -130,31 +123,81 @@ async fn query_results(
     (packages, blobs, manifests, files)
 }
 
-async fn sql(root: &Path, statement: &str, binds: Vec<Vec<u8>>, seq: i64) {
-    let pool =
-        sqlx::SqlitePool::connect(&format!("sqlite://{}", root.join("meta.sqlite").display()))
-            .await
-            .unwrap();
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()));
-    for b in binds {
-        q = q.bind(b);
+/// Runs `statement` (with `?` placeholders: the byte strings `binds`,
+/// then `seq`) on the store's database behind the engine's back.
+async fn sql(pair: &TestPair, statement: &str, binds: Vec<Vec<u8>>, seq: i64) {
+    match pair.postgres_schema() {
+        None => {
+            let pool = sqlx::SqlitePool::connect(&pair.metadata_url())
+                .await
+                .unwrap();
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()));
+            for b in binds {
+                q = q.bind(b);
+            }
+            q.bind(seq).execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+        Some(schema) => {
+            let mut conn = postgres(pair, schema).await;
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(numbered(statement)));
+            for b in binds {
+                q = q.bind(b);
+            }
+            q.bind(seq).execute(&mut conn).await.unwrap();
+        }
     }
-    q.bind(seq).execute(&pool).await.unwrap();
-    pool.close().await;
 }
 
-async fn event_row(root: &Path, seq: i64) -> (Vec<u8>, Vec<u8>) {
-    let pool =
-        sqlx::SqlitePool::connect(&format!("sqlite://{}", root.join("meta.sqlite").display()))
-            .await
-            .unwrap();
-    let row: (Vec<u8>, Vec<u8>) = sqlx::query_as("SELECT body, hash FROM events WHERE seq = ?")
-        .bind(seq)
-        .fetch_one(&pool)
+async fn event_row(pair: &TestPair, seq: i64) -> (Vec<u8>, Vec<u8>) {
+    let statement = "SELECT body, hash FROM events WHERE seq = ?";
+    match pair.postgres_schema() {
+        None => {
+            let pool = sqlx::SqlitePool::connect(&pair.metadata_url())
+                .await
+                .unwrap();
+            let row = sqlx::query_as(statement)
+                .bind(seq)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+            row
+        }
+        Some(schema) => {
+            let mut conn = postgres(pair, schema).await;
+            sqlx::query_as(sqlx::AssertSqlSafe(numbered(statement)))
+                .bind(seq)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap()
+        }
+    }
+}
+
+async fn postgres(pair: &TestPair, schema: &str) -> sqlx::PgConnection {
+    use sqlx::Connection as _;
+    let options: sqlx::postgres::PgConnectOptions = pair.metadata_url().parse().unwrap();
+    sqlx::PgConnection::connect_with(&options.options([("search_path", schema)]))
         .await
-        .unwrap();
-    pool.close().await;
-    row
+        .unwrap()
+}
+
+/// `?` placeholders as PostgreSQL's `$1`, `$2`, ….
+fn numbered(statement: &str) -> String {
+    let mut n = 0;
+    statement
+        .split('?')
+        .enumerate()
+        .map(|(i, part)| {
+            if i == 0 {
+                part.to_owned()
+            } else {
+                n += 1;
+                format!("${n}{part}")
+            }
+        })
+        .collect()
 }
 
 fn first_chain_seq(findings: &[Finding]) -> u64 {
@@ -164,9 +207,8 @@ fn first_chain_seq(findings: &[Finding]) -> u64 {
     }
 }
 
-#[tokio::test]
-async fn a_clean_store_verifies_deeply() {
-    let w = workload().await;
+async fn a_clean_store_verifies_deeply(pair: TestPair) {
+    let w = workload(pair).await;
     let report = w.store.verify(false).await.unwrap();
     assert!(report.is_ok(), "{:?}", report.findings);
     let events = w.store.events_after(0, 1000).await.unwrap().len() as u64;
@@ -180,9 +222,8 @@ async fn a_clean_store_verifies_deeply() {
     assert!(deep.bytes_rehashed > 300_000);
 }
 
-#[tokio::test]
-async fn rebuilding_gives_identical_query_results() {
-    let w = workload().await;
+async fn rebuilding_gives_identical_query_results(pair: TestPair) {
+    let w = workload(pair).await;
     let before = query_results(&w).await;
     let applied = w.store.rebuild_views().await.unwrap();
     assert_eq!(
@@ -194,14 +235,14 @@ async fn rebuilding_gives_identical_query_results() {
     // Damage the views behind the engine's back: verify names the view,
     // rebuild restores it.
     sql(
-        &w.root,
+        &w.pair,
         "UPDATE packages SET name = 'forged' WHERE created_seq = ?",
         vec![],
         10,
     )
     .await;
     sql(
-        &w.root,
+        &w.pair,
         "DELETE FROM package_files WHERE path = 'f/0.bin' AND ? > 0",
         vec![],
         1,
@@ -222,15 +263,17 @@ async fn rebuilding_gives_identical_query_results() {
     assert_eq!(query_results(&w).await, before);
 }
 
-#[tokio::test]
-async fn editing_deleting_reordering_or_truncating_the_log_names_the_first_bad_seq() {
+async fn editing_deleting_reordering_or_truncating_the_log_names_the_first_bad_seq(pair: TestPair) {
+    // Each case tampers with a store of its own.
+    let kind: PairKind = pair.kind();
+    let fresh = || TestPair::new(kind).expect("the pair was available");
     // Edited: one byte of event 5's body changes (its stored hash kept).
-    let w = workload().await;
-    let (mut bytes, _) = event_row(&w.root, 5).await;
+    let w = workload(pair).await;
+    let (mut bytes, _) = event_row(&w.pair, 5).await;
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     sql(
-        &w.root,
+        &w.pair,
         "UPDATE events SET body = ? WHERE seq = ?",
         vec![bytes.clone()],
         5,
@@ -242,7 +285,7 @@ async fn editing_deleting_reordering_or_truncating_the_log_names_the_first_bad_s
     );
     // ... and with the stored hash rewritten to match the forged bytes.
     sql(
-        &w.root,
+        &w.pair,
         "UPDATE events SET hash = ? WHERE seq = ?",
         vec![blake3::hash(&bytes).as_bytes().to_vec()],
         5,
@@ -258,26 +301,26 @@ async fn editing_deleting_reordering_or_truncating_the_log_names_the_first_bad_s
     );
 
     // Deleted.
-    let w = workload().await;
-    sql(&w.root, "DELETE FROM events WHERE seq = ?", vec![], 7).await;
+    let w = workload(fresh()).await;
+    sql(&w.pair, "DELETE FROM events WHERE seq = ?", vec![], 7).await;
     assert_eq!(
         first_chain_seq(&w.store.verify(false).await.unwrap().findings),
         7
     );
 
     // Reordered: events 3 and 4 swap places.
-    let w = workload().await;
-    let (b3, h3) = event_row(&w.root, 3).await;
-    let (b4, h4) = event_row(&w.root, 4).await;
+    let w = workload(fresh()).await;
+    let (b3, h3) = event_row(&w.pair, 3).await;
+    let (b4, h4) = event_row(&w.pair, 4).await;
     sql(
-        &w.root,
+        &w.pair,
         "UPDATE events SET body = ?, hash = ? WHERE seq = ?",
         vec![b4, h4],
         3,
     )
     .await;
     sql(
-        &w.root,
+        &w.pair,
         "UPDATE events SET body = ?, hash = ? WHERE seq = ?",
         vec![b3, h3],
         4,
@@ -289,32 +332,42 @@ async fn editing_deleting_reordering_or_truncating_the_log_names_the_first_bad_s
     );
 
     // Truncated: the last event removed.
-    let w = workload().await;
+    let w = workload(fresh()).await;
     let head = w.store.events_after(0, 1000).await.unwrap().len() as i64;
-    sql(&w.root, "DELETE FROM events WHERE seq = ?", vec![], head).await;
+    sql(&w.pair, "DELETE FROM events WHERE seq = ?", vec![], head).await;
     assert_eq!(
         first_chain_seq(&w.store.verify(false).await.unwrap().findings),
         head as u64
     );
 }
 
-#[tokio::test]
-async fn missing_and_corrupted_bytes_are_named() {
-    let w = workload().await;
+async fn missing_and_corrupted_bytes_are_named(pair: TestPair) {
+    let w = workload(pair).await;
     let missing = w.blobs[2];
-    std::fs::remove_file(w.root.join(FsBlobStore::location_of(&missing))).unwrap();
+    let missing_at = w
+        .store
+        .blob(&missing.sha256_digest())
+        .await
+        .unwrap()
+        .location;
+    w.store.blob_backend().delete(&missing_at).await.unwrap();
     let corrupt = w.blobs[3];
-    let path = w.root.join(FsBlobStore::location_of(&corrupt));
-    let mut bytes = std::fs::read(&path).unwrap();
+    let corrupt_at = w
+        .store
+        .blob(&corrupt.sha256_digest())
+        .await
+        .unwrap()
+        .location;
+    let mut bytes = pattern(1000 + 3 * 777, 3);
     bytes[10] ^= 0x40;
-    std::fs::write(&path, &bytes).unwrap();
+    w.pair.overwrite_blob(&corrupt_at, bytes).await;
 
     let shallow = w.store.verify(false).await.unwrap();
     assert_eq!(
         shallow.findings,
         [Finding::MissingBlob {
             digest: missing.sha256_digest(),
-            location: FsBlobStore::location_of(&missing)
+            location: missing_at
         }]
     );
     let deep = w.store.verify(true).await.unwrap();
@@ -333,3 +386,10 @@ async fn missing_and_corrupted_bytes_are_named() {
         "{text}"
     );
 }
+
+artifactstore_store::on_both_pairs!(
+    a_clean_store_verifies_deeply,
+    rebuilding_gives_identical_query_results,
+    editing_deleting_reordering_or_truncating_the_log_names_the_first_bad_seq,
+    missing_and_corrupted_bytes_are_named,
+);

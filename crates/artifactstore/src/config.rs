@@ -10,7 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use artifactstore_core::retention::{ClassRule, shipped_classes};
 use artifactstore_server::auth::{Auth, Scope, TokenEntry};
-use artifactstore_store::{GcSettings, Limits};
+use artifactstore_store::blob::s3::{MIN_PART_SIZE, S3Settings};
+use artifactstore_store::{Backends, BlobsConfig, GcSettings, Limits};
 use serde::Deserialize;
 
 pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -82,6 +83,25 @@ struct MetadataSection {
 #[serde(deny_unknown_fields)]
 struct BlobsSection {
     backend: Option<String>,
+    s3: Option<S3Section>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct S3Section {
+    /// Omit for AWS.
+    endpoint: Option<String>,
+    bucket: Option<String>,
+    region: Option<String>,
+    /// Else `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    /// Keys start with this.
+    prefix: Option<String>,
+    /// Bytes per multipart part (at least 5 MiB).
+    part_size: Option<ByteSize>,
+    /// When set, whole downloads redirect to a link signed for this long.
+    presign_downloads: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -142,9 +162,10 @@ pub(crate) struct Overrides {
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
     pub(crate) listen: SocketAddr,
-    pub(crate) data_dir: PathBuf,
-    /// `None`: `<data_dir>/meta.sqlite`.
-    pub(crate) metadata_url: Option<String>,
+    /// Where the metadata and the bytes live.
+    pub(crate) backends: Backends,
+    /// See [`StoreOptions::presign_downloads`](artifactstore_store::StoreOptions).
+    pub(crate) presign_downloads: Option<Duration>,
     pub(crate) limits: Limits,
     pub(crate) classes: BTreeMap<String, ClassRule>,
     pub(crate) auth: Auth,
@@ -187,16 +208,12 @@ impl Settings {
         let listen = listen_text
             .parse()
             .with_context(|| format!("listen address {listen_text:?} is not host:port"))?;
-        match file.blobs.backend.as_deref() {
-            None | Some("fs") => {}
-            Some(other) => {
-                bail!("blob backend {other:?} is not available in this version (supported: \"fs\")")
+        let (blobs, presign_downloads) = blobs_config(file.blobs)?;
+        if let Some(url) = &file.metadata.url {
+            let known = ["sqlite:", "postgres://", "postgresql://"];
+            if !known.iter().any(|k| url.starts_with(k)) {
+                bail!("metadata url {url:?} is not supported (supported: sqlite://…, postgres://…)");
             }
-        }
-        if let Some(url) = &file.metadata.url
-            && !url.starts_with("sqlite:")
-        {
-            bail!("metadata url {url:?} is not supported in this version (supported: sqlite://…)");
         }
         let mut limits = Limits::default();
         if let Some(ByteSize(n)) = file.limits.max_blob_size {
@@ -262,14 +279,81 @@ impl Settings {
             auth,
             classes,
             listen,
-            data_dir: o
-                .data_dir
-                .clone()
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
-            metadata_url: file.metadata.url,
+            backends: Backends {
+                data_dir: o
+                    .data_dir
+                    .clone()
+                    .or(file.data_dir)
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+                metadata_url: file.metadata.url,
+                blobs,
+            },
+            presign_downloads,
             limits,
         })
+    }
+}
+
+impl Settings {
+    /// Where the store is, for messages (no credentials).
+    pub(crate) fn describe_store(&self) -> String {
+        let b = &self.backends;
+        let meta = match &b.metadata_url {
+            None => format!("{}", b.data_dir.join("meta.sqlite").display()),
+            // A postgres url may carry a password: show only its host part.
+            Some(url) => match url.split_once('@') {
+                Some((scheme_user, rest)) => {
+                    let scheme = scheme_user.split("://").next().unwrap_or("postgres");
+                    format!("{scheme}://…@{rest}")
+                }
+                None => url.clone(),
+            },
+        };
+        let blobs = match &b.blobs {
+            BlobsConfig::Fs => format!("{}", b.data_dir.display()),
+            BlobsConfig::S3(s3) => format!("s3://{}/{}", s3.bucket, s3.prefix),
+        };
+        format!("metadata {meta}, blobs {blobs}")
+    }
+}
+
+/// `[blobs]`: the backend, and how downloads are served from it.
+fn blobs_config(section: BlobsSection) -> anyhow::Result<(BlobsConfig, Option<Duration>)> {
+    match section.backend.as_deref() {
+        None | Some("fs") => {
+            if section.s3.is_some() {
+                bail!("[blobs.s3] is set but [blobs] backend is not \"s3\"");
+            }
+            Ok((BlobsConfig::Fs, None))
+        }
+        Some("s3") => {
+            let s3 = section
+                .s3
+                .ok_or_else(|| anyhow::anyhow!("[blobs] backend = \"s3\" needs a [blobs.s3] section"))?;
+            let bucket = s3
+                .bucket
+                .ok_or_else(|| anyhow::anyhow!("[blobs.s3] bucket is required"))?;
+            let part_size = s3.part_size.map_or(S3Settings::DEFAULT_PART_SIZE, |ByteSize(n)| n);
+            if part_size < MIN_PART_SIZE {
+                bail!("[blobs.s3] part_size must be at least 5 MiB (S3's smallest part)");
+            }
+            let presign = s3
+                .presign_downloads
+                .as_deref()
+                .map(|t| interval("[blobs.s3] presign_downloads", t))
+                .transpose()?;
+            let settings = S3Settings {
+                endpoint: s3.endpoint,
+                bucket,
+                region: s3.region.unwrap_or_else(|| "us-east-1".to_owned()),
+                access_key_id: s3.access_key_id,
+                secret_access_key: s3.secret_access_key,
+                prefix: s3.prefix.unwrap_or_default(),
+                part_size,
+            };
+            Ok((BlobsConfig::S3(settings), presign))
+        }
+        Some(other) => bail!("blob backend {other:?} is not available (supported: \"fs\", \"s3\")"),
     }
 }
 
@@ -315,8 +399,8 @@ mod tests {
     fn defaults() {
         let s = Settings::load(&Overrides::default()).unwrap();
         assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(s.data_dir, PathBuf::from("./artifactstore-data"));
-        assert_eq!(s.metadata_url, None);
+        assert_eq!(s.backends.data_dir, PathBuf::from("./artifactstore-data"));
+        assert_eq!(s.backends.metadata_url, None);
         assert_eq!(s.limits.max_blob_size, 64 << 30);
         assert_eq!(s.classes, shipped_classes());
         assert!(s.auth.is_open());
@@ -377,7 +461,7 @@ mod tests {
         let text = "listen = \"127.0.0.1:9000\"\ndata_dir = \"/srv/a\"\n[limits]\nmax_blob_size = \"10 MiB\"\n[blobs]\nbackend = \"fs\"\n";
         let s = load(text, Overrides::default()).unwrap();
         assert_eq!(s.listen.to_string(), "127.0.0.1:9000");
-        assert_eq!(s.data_dir, PathBuf::from("/srv/a"));
+        assert_eq!(s.backends.data_dir, PathBuf::from("/srv/a"));
         assert_eq!(s.limits.max_blob_size, 10 << 20);
         let s = load(
             text,
@@ -389,7 +473,28 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.listen.to_string(), "127.0.0.1:1");
-        assert_eq!(s.data_dir, PathBuf::from("/x"));
+        assert_eq!(s.backends.data_dir, PathBuf::from("/x"));
+    }
+
+    #[test]
+    fn the_scale_out_pair() {
+        let text = "[metadata]\nurl = \"postgres://as:secret@db.internal/artifacts\"\n\
+                    [blobs]\nbackend = \"s3\"\n[blobs.s3]\nendpoint = \"http://minio:9000\"\n\
+                    bucket = \"evidence\"\nprefix = \"prod\"\npart_size = \"32 MiB\"\n\
+                    presign_downloads = \"5m\"\n";
+        let s = load(text, Overrides::default()).unwrap();
+        let BlobsConfig::S3(s3) = &s.backends.blobs else {
+            panic!("expected S3, got {:?}", s.backends.blobs);
+        };
+        assert_eq!(
+            (s3.bucket.as_str(), s3.prefix.as_str(), s3.region.as_str()),
+            ("evidence", "prod", "us-east-1")
+        );
+        assert_eq!(s3.part_size, 32 << 20);
+        assert_eq!(s.presign_downloads, Some(Duration::from_secs(300)));
+        let shown = s.describe_store();
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("db.internal") && shown.contains("s3://evidence/prod"), "{shown}");
     }
 
     #[test]
@@ -407,6 +512,20 @@ mod tests {
             ("[gc]\ngrace = \"a day\"\n", "[gc] grace"),
             ("[gc]\nkeep = \"1d\"\n", "unknown field `keep`"),
             ("[metadata]\nurl = \"mysql://x\"\n", "not supported"),
+            ("[blobs]\nbackend = \"s3\"\n", "needs a [blobs.s3] section"),
+            (
+                "[blobs]\nbackend = \"s3\"\n[blobs.s3]\nregion = \"eu-west-1\"\n",
+                "bucket is required",
+            ),
+            (
+                "[blobs]\nbackend = \"s3\"\n[blobs.s3]\nbucket = \"b\"\npart_size = \"1 MiB\"\n",
+                "at least 5 MiB",
+            ),
+            ("[blobs.s3]\nbucket = \"b\"\n", "backend is not \"s3\""),
+            (
+                "[blobs]\nbackend = \"s3\"\n[blobs.s3]\nbucket = \"b\"\nsecret = \"x\"\n",
+                "unknown field `secret`",
+            ),
             ("listen = [", "line 1"),
             (
                 "[[tokens]]\nsubject = \"ci\"\nscopes = [\"push\"]\nsha256 = \"00\"\n",

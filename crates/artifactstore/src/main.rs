@@ -393,15 +393,12 @@ async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     let options = StoreOptions {
         limits: settings.limits,
         classes: settings.classes.clone(),
+        presign_downloads: settings.presign_downloads,
         ..StoreOptions::default()
     };
-    Store::open_embedded(
-        &settings.data_dir,
-        settings.metadata_url.as_deref(),
-        options,
-    )
-    .await
-    .with_context(|| format!("opening the store in {}", settings.data_dir.display()))
+    Store::open(&settings.backends, options)
+        .await
+        .with_context(|| format!("opening the store ({})", settings.describe_store()))
 }
 
 async fn verify(settings: &Settings, deep: bool) -> anyhow::Result<ExitCode> {
@@ -503,7 +500,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", settings.listen))?;
     let addr = listener.local_addr()?;
     let shutdown = shutdown_signal()?;
-    tracing::info!(data_dir = %settings.data_dir.display(), "listening on http://{addr}");
+    tracing::info!(store = %settings.describe_store(), "listening on http://{addr}");
     let state = artifactstore_server::AppState::new(store, settings.auth.clone());
     artifactstore_server::serve(listener, state, shutdown).await?;
     tracing::info!("stopped");

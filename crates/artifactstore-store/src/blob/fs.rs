@@ -21,7 +21,8 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::io::ReaderStream;
 
-use super::{BlobBackend, BlobError, ByteStream, StagingWriter, Trashed};
+use super::{BlobBackend, BlobError, ByteStream, StagingKind, StagingWriter, Trashed};
+use crate::hashing::HashState;
 
 /// Size of the write buffer in front of each staging file: turns the small
 /// frames a socket delivers into few large writes.
@@ -177,7 +178,9 @@ fn not_found_to_none<T>(r: std::io::Result<T>) -> std::io::Result<Option<T>> {
 
 #[async_trait]
 impl BlobBackend for FsBlobStore {
-    async fn staging_create(&self, id: &str) -> Result<(), BlobError> {
+    /// Both kinds are files: a request's staging needs its bytes on disk
+    /// before the commit as much as a session's.
+    async fn staging_create(&self, id: &str, _kind: StagingKind) -> Result<(), BlobError> {
         let path = self.staging_path(id)?;
         blocking(move || {
             let f = OpenOptions::new()
@@ -203,7 +206,31 @@ impl BlobBackend for FsBlobStore {
         let file = not_found_to_none(OpenOptions::new().append(true).open(&path))
             .map_err(BlobError::io(format!("opening staging {id}")))?
             .ok_or_else(|| BlobError::StagingNotFound(id.to_owned()))?;
-        Ok(Box::new(FsAppend::spawn(file, id.to_owned())))
+        let start = file
+            .metadata()
+            .map_err(BlobError::io(format!("stat staging {id}")))?
+            .len();
+        Ok(Box::new(FsAppend::spawn(file, id.to_owned(), path, start)))
+    }
+
+    /// The filesystem keeps no digest state: reading the staged bytes back
+    /// is as fast as storing a checkpoint at every append would be costly,
+    /// and it is needed only after a restart.
+    async fn staging_resume(&self, _id: &str) -> Result<Option<HashState>, BlobError> {
+        Ok(None)
+    }
+
+    fn fresh_locations(&self) -> bool {
+        false
+    }
+
+    /// Files are served by the server itself.
+    async fn presign_get(
+        &self,
+        _location: &str,
+        _expires: std::time::Duration,
+    ) -> Result<Option<String>, BlobError> {
+        Ok(None)
     }
 
     async fn staging_read(&self, id: &str) -> Result<ByteStream, BlobError> {
@@ -268,17 +295,6 @@ impl BlobBackend for FsBlobStore {
             }
         })?;
         Ok(location)
-    }
-
-    async fn staging_truncate(&self, id: &str, len: u64) -> Result<(), BlobError> {
-        let path = self.staging_path(id)?;
-        blocking(move || {
-            let f = OpenOptions::new().write(true).open(&path)?;
-            f.set_len(len)?;
-            f.sync_all()
-        })
-        .await
-        .map_err(BlobError::io(format!("truncating staging {id}")))
     }
 
     async fn staging_delete(&self, id: &str) -> Result<(), BlobError> {
@@ -424,10 +440,13 @@ struct FsAppend {
     tx: Option<mpsc::Sender<Bytes>>,
     done: oneshot::Receiver<std::io::Result<u64>>,
     id: String,
+    path: PathBuf,
+    /// The staged length before this writer, which `abort` restores.
+    start: u64,
 }
 
 impl FsAppend {
-    fn spawn(file: File, id: String) -> FsAppend {
+    fn spawn(file: File, id: String, path: PathBuf, start: u64) -> FsAppend {
         let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
         let (done_tx, done) = oneshot::channel();
         let run = move || -> std::io::Result<u64> {
@@ -458,6 +477,8 @@ impl FsAppend {
             tx: Some(tx),
             done,
             id,
+            path,
+            start,
         }
     }
 
@@ -479,12 +500,27 @@ impl StagingWriter for FsAppend {
         Ok(())
     }
 
-    async fn finish(mut self: Box<Self>) -> Result<u64, BlobError> {
+    async fn finish(mut self: Box<Self>, _hashed: &HashState) -> Result<u64, BlobError> {
         drop(self.tx.take());
         let id = self.id.clone();
         match (&mut self.done).await {
             Ok(r) => r.map_err(BlobError::io(format!("writing staging {id}"))),
             Err(_) => Err(self.gone()),
         }
+    }
+
+    async fn abort(mut self: Box<Self>) -> Result<(), BlobError> {
+        drop(self.tx.take());
+        // Wait for the thread, whatever it reports, so nothing is written
+        // after the cut.
+        let _ = (&mut self.done).await;
+        let (path, start) = (self.path.clone(), self.start);
+        blocking(move || {
+            let f = OpenOptions::new().write(true).open(&path)?;
+            f.set_len(start)?;
+            f.sync_all()
+        })
+        .await
+        .map_err(BlobError::io(format!("truncating staging {}", self.id)))
     }
 }

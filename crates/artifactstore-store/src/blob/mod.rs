@@ -16,11 +16,14 @@
 //! confused with it.
 
 pub mod fs;
+pub mod s3;
 
 use std::ops::Range;
 
 use artifactstore_core::BlobId;
 use async_trait::async_trait;
+
+use crate::hashing::HashState;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
@@ -35,6 +38,8 @@ pub enum BlobError {
     NotFound(String),
     #[error("invalid location {0:?}")]
     InvalidLocation(String),
+    #[error("{0}")]
+    Unsupported(String),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -50,27 +55,47 @@ impl BlobError {
     }
 }
 
+/// How long a staging object must last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StagingKind {
+    /// An upload session's: durable after each append, and readable by
+    /// every process that shares the backend (a `PATCH` may arrive at any
+    /// node).
+    Session,
+    /// One request's (a monolithic `PUT`): used only by the process that
+    /// created it, until the request ends, so a backend may keep it close.
+    Request,
+}
+
 #[async_trait]
 pub trait BlobBackend: Send + Sync + std::fmt::Debug + 'static {
     /// Creates an empty staging object.
-    async fn staging_create(&self, id: &str) -> Result<(), BlobError>;
+    async fn staging_create(&self, id: &str, kind: StagingKind) -> Result<(), BlobError>;
     /// The number of bytes staged so far, or `None` if there is no such object.
     async fn staging_len(&self, id: &str) -> Result<Option<u64>, BlobError>;
     /// Opens the staging object for appending at its end.
     async fn staging_append(&self, id: &str) -> Result<Box<dyn StagingWriter>, BlobError>;
-    /// Reads back everything staged (to rebuild digest state after a restart).
+    /// The digest state over everything staged, if the backend keeps one
+    /// (see [`StagingWriter::finish`]); `None` means: read the bytes back.
+    async fn staging_resume(&self, id: &str) -> Result<Option<HashState>, BlobError>;
+    /// Reads back everything staged (to rebuild digest state after a
+    /// restart, where [`BlobBackend::staging_resume`] has none).
     async fn staging_read(&self, id: &str) -> Result<ByteStream, BlobError>;
     /// Makes the staged bytes readable as the blob `blob`, durably, without
     /// copying them, and returns its location. The staging object stays
     /// until [`BlobBackend::staging_delete`]. If the location already holds
     /// the blob's bytes (as far as a size check tells), they are left as
-    /// they are; anything else there is replaced. May be called again for
-    /// the same staging object (when the bytes at the location went away in
+    /// they are; anything else there is replaced. Unless
+    /// [`BlobBackend::fresh_locations`], it may be called again for the
+    /// same staging object (when the bytes at the location went away in
     /// between).
     async fn staging_commit(&self, id: &str, blob: &BlobId) -> Result<String, BlobError>;
-    /// Cuts a staging object back to `len` bytes, a length an earlier
-    /// [`StagingWriter::finish`] returned: undoes a refused append.
-    async fn staging_truncate(&self, id: &str, len: u64) -> Result<(), BlobError>;
+    /// Whether every commit places its bytes at a location of its own,
+    /// named by the staging id (a UUID v7), rather than at one fixed by the
+    /// digest: then no other upload or collection touches them before their
+    /// row is written, since the collector spares locations younger than
+    /// the upload expiry.
+    fn fresh_locations(&self) -> bool;
     /// Removes a staging object; removing a missing one is not an error.
     async fn staging_delete(&self, id: &str) -> Result<(), BlobError>;
 
@@ -82,6 +107,13 @@ pub trait BlobBackend: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<ByteStream, BlobError>;
     /// The stored size of a blob, or `None` if it is absent.
     async fn stat(&self, location: &str) -> Result<Option<u64>, BlobError>;
+    /// A URL that lets its holder `GET` the blob at `location` without
+    /// credentials until `expires` from now, if the backend can make one.
+    async fn presign_get(
+        &self,
+        location: &str,
+        expires: std::time::Duration,
+    ) -> Result<Option<String>, BlobError>;
     /// Checks that the backend can serve requests.
     async fn ping(&self) -> Result<(), BlobError>;
 
@@ -92,9 +124,10 @@ pub trait BlobBackend: Send + Sync + std::fmt::Debug + 'static {
     async fn list_after(&self, after: &str, limit: usize) -> Result<Vec<String>, BlobError>;
     /// Removes a blob's bytes outright; removing missing ones is not an error.
     async fn delete(&self, location: &str) -> Result<(), BlobError>;
-    /// Moves a blob aside, durably: readers no longer find it, and a later
-    /// commit of the same bytes is unaffected by what happens to it.
-    /// Trashing a missing blob is not an error.
+    /// Sets a blob aside, durably, for deletion once the transaction that
+    /// deletes its row commits: a later commit of the same bytes is
+    /// unaffected by what happens to it. Trashing a missing blob is not an
+    /// error.
     async fn trash(&self, location: &str, stored_seq: u64) -> Result<(), BlobError>;
     /// Everything trashed and not yet purged or restored.
     async fn trash_list(&self) -> Result<Vec<Trashed>, BlobError>;
@@ -113,13 +146,17 @@ pub struct Trashed {
 }
 
 /// Appends to a staging object. Bytes are durable only once [`finish`]
-/// returns; on error the caller calls `finish` anyway to learn how many bytes
-/// made it.
+/// returns; [`abort`] undoes every write of this writer instead.
 ///
 /// [`finish`]: StagingWriter::finish
+/// [`abort`]: StagingWriter::abort
 #[async_trait]
 pub trait StagingWriter: Send {
     async fn write(&mut self, chunk: Bytes) -> Result<(), BlobError>;
     /// Makes everything written durable and returns the staged length.
-    async fn finish(self: Box<Self>) -> Result<u64, BlobError>;
+    /// `hashed` is the digest state over the staged bytes so far, which a
+    /// backend may keep for [`BlobBackend::staging_resume`].
+    async fn finish(self: Box<Self>, hashed: &HashState) -> Result<u64, BlobError>;
+    /// Leaves the staging object as it was before this writer.
+    async fn abort(self: Box<Self>) -> Result<(), BlobError>;
 }

@@ -248,19 +248,16 @@ impl SqlDriver for PostgresDriver {
     }
 
     async fn try_lead(&self, role: &str) -> Result<Option<LeaderGuard>, MetaError> {
-        let mut conn = PgConnection::connect_with(&self.options).await?;
+        let mut conn = self.pool.acquire().await?;
         let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(lock_key(&self.schema, &format!("lead:{role}")))
-            .fetch_one(&mut conn)
+            .fetch_one(&mut *conn)
             .await?;
-        if held {
-            // The connection is the lock: closing it (dropping the guard,
-            // or the process dying) releases it.
-            Ok(Some(LeaderGuard::new(std::sync::Mutex::new(conn))))
-        } else {
-            let _ = conn.close().await;
-            Ok(None)
-        }
+        // A refused attempt gives the connection back to the pool (followers
+        // ask often). A granted one takes it out: the connection is the lock,
+        // and closing it (dropping the guard, or the process dying)
+        // releases it.
+        Ok(held.then(|| LeaderGuard::new(std::sync::Mutex::new(conn.detach()))))
     }
 
     async fn scratch(&self) -> Result<SqlMetadata, MetaError> {
