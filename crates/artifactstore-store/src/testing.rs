@@ -230,3 +230,24 @@ macro_rules! on_both_pairs {
         }
     };
 }
+
+/// A new, empty database on the test PostgreSQL server (for a store whose
+/// processes take only a url, as `serve` does); its url.
+///
+/// # Panics
+/// Under `CI=true` when the server is not configured, or on any error.
+pub async fn fresh_postgres_database() -> Option<String> {
+    use sqlx::Connection as _;
+    let url = postgres_url()?;
+    let name = fresh_schema();
+    let mut conn = sqlx::PgConnection::connect(&url)
+        .await
+        .expect("connect to the test PostgreSQL");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create a test database");
+    let _ = conn.close().await;
+    let (server, _) = url.rsplit_once('/').expect("a url with a database");
+    Some(format!("{server}/{name}"))
+}

@@ -212,7 +212,9 @@ impl Settings {
         if let Some(url) = &file.metadata.url {
             let known = ["sqlite:", "postgres://", "postgresql://"];
             if !known.iter().any(|k| url.starts_with(k)) {
-                bail!("metadata url {url:?} is not supported (supported: sqlite://…, postgres://…)");
+                bail!(
+                    "metadata url {url:?} is not supported (supported: sqlite://…, postgres://…)"
+                );
             }
         }
         let mut limits = Limits::default();
@@ -327,13 +329,15 @@ fn blobs_config(section: BlobsSection) -> anyhow::Result<(BlobsConfig, Option<Du
             Ok((BlobsConfig::Fs, None))
         }
         Some("s3") => {
-            let s3 = section
-                .s3
-                .ok_or_else(|| anyhow::anyhow!("[blobs] backend = \"s3\" needs a [blobs.s3] section"))?;
+            let s3 = section.s3.ok_or_else(|| {
+                anyhow::anyhow!("[blobs] backend = \"s3\" needs a [blobs.s3] section")
+            })?;
             let bucket = s3
                 .bucket
                 .ok_or_else(|| anyhow::anyhow!("[blobs.s3] bucket is required"))?;
-            let part_size = s3.part_size.map_or(S3Settings::DEFAULT_PART_SIZE, |ByteSize(n)| n);
+            let part_size = s3
+                .part_size
+                .map_or(S3Settings::DEFAULT_PART_SIZE, |ByteSize(n)| n);
             if part_size < MIN_PART_SIZE {
                 bail!("[blobs.s3] part_size must be at least 5 MiB (S3's smallest part)");
             }
@@ -494,7 +498,10 @@ mod tests {
         assert_eq!(s.presign_downloads, Some(Duration::from_secs(300)));
         let shown = s.describe_store();
         assert!(!shown.contains("secret"), "{shown}");
-        assert!(shown.contains("db.internal") && shown.contains("s3://evidence/prod"), "{shown}");
+        assert!(
+            shown.contains("db.internal") && shown.contains("s3://evidence/prod"),
+            "{shown}"
+        );
     }
 
     #[test]
