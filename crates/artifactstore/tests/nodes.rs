@@ -125,7 +125,7 @@ async fn writer(w: u64, nodes: [Client; 2]) -> Vec<Acknowledged> {
                     .unwrap();
             }
         }
-        let class = if (w + round) % 4 == 0 {
+        let class = if (w + round).is_multiple_of(4) {
             "kept"
         } else {
             "brief"
