@@ -484,6 +484,15 @@ impl ChainVerifier {
         ChainVerifier::default()
     }
 
+    /// A verifier that continues a log known up to event `seq` with hash
+    /// `hash` (0 and [`GENESIS_PREV`] for an empty one).
+    pub fn after(seq: u64, hash: Hash) -> ChainVerifier {
+        ChainVerifier {
+            next_seq: seq + 1,
+            prev: hash,
+        }
+    }
+
     /// Checks the next stored event: its row's `seq`, its bytes and the hash
     /// stored beside them.
     pub fn check(

@@ -101,6 +101,7 @@ where
     empty_blob(&*make().await).await;
     missing_objects(&*make().await).await;
     listing_trash_and_deletion(&*make().await).await;
+    putting_at_a_given_location(&*make().await, part).await;
     make().await.ping().await.expect("ping");
 }
 
@@ -386,6 +387,41 @@ async fn listing_trash_and_deletion(b: &dyn BlobBackend) {
     b.trash(&locs[2], 1)
         .await
         .expect("trashing a missing blob is fine");
+}
+
+/// Bytes stored where another store had them (a moved log keeps its
+/// locations): the filesystem's digest paths and S3's upload keys alike.
+async fn putting_at_a_given_location(b: &dyn BlobBackend, part: Option<usize>) {
+    let big = pattern(part.map_or(3 << 20, |p| 2 * p + 5), 30);
+    let small = pattern(5000, 31);
+    for data in [&small, &big] {
+        let blob = BlobId::of(data);
+        let hex = hex::encode(blob.blake3);
+        for location in [
+            format!("blobs/blake3/{}/{}/{hex}", &hex[..2], &hex[2..4]),
+            "blobs/01936f2e-0000-7000-8000-000000000001".to_owned(),
+        ] {
+            let body = futures::stream::iter(
+                data.chunks(100_000)
+                    .map(|c| Ok(Bytes::copy_from_slice(c)))
+                    .collect::<Vec<_>>(),
+            )
+            .boxed();
+            b.put_at(&location, &blob, body).await.expect("put_at");
+            assert_eq!(
+                b.stat(&location).await.expect("stat"),
+                Some(data.len() as u64)
+            );
+            assert!(collect(b.read(&location, None).await.expect("read")).await == *data);
+            b.delete(&location).await.expect("delete");
+        }
+    }
+    // Bytes that are not the blob's size are refused and leave nothing.
+    let blob = BlobId::of(&small);
+    let location = "blobs/01936f2e-0000-7000-8000-000000000002";
+    let short = futures::stream::iter([Ok(Bytes::copy_from_slice(&small[..10]))]).boxed();
+    assert!(b.put_at(location, &blob, short).await.is_err());
+    assert_eq!(b.stat(location).await.expect("stat"), None);
 }
 
 fn blob_stored(n: u64) -> EventDraft {

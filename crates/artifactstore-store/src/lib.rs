@@ -12,6 +12,7 @@ pub mod error;
 mod gc;
 pub mod hashing;
 pub mod meta;
+mod migrate;
 mod retention;
 pub mod testing;
 mod verify;
@@ -21,5 +22,6 @@ pub use engine::{
 };
 pub use error::{ErrorClass, StoreError};
 pub use gc::{DeletedPackage, GcReport, GcSettings};
+pub use migrate::CopyReport;
 pub use retention::SweepReport;
 pub use verify::{Finding, VerifyReport};

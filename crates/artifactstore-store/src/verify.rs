@@ -221,7 +221,7 @@ impl Store {
     /// and checked against the event's digests; `None` for other events.
     /// Looked up through `tx` when given (a rebuild, whose `blobs` view is
     /// being refilled in that transaction), else through `meta`.
-    async fn manifest_of(
+    pub(crate) async fn manifest_of(
         &self,
         event: &Event,
         meta: &dyn MetadataStore,

@@ -65,6 +65,18 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Copy this store (its log, exactly, and every stored blob's bytes)
+    /// into the store `--to-config` describes, e.g. from the embedded pair
+    /// to PostgreSQL and S3. The target must be empty or an earlier,
+    /// interrupted copy of this store, which the run continues. Stop writes
+    /// to this store before the last run (OPERATOR.md, "Moving a store").
+    MigrateStore {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The target store's config file.
+        #[arg(long, value_name = "FILE")]
+        to_config: PathBuf,
+    },
     /// Retention: extensions, holds, history, and the eligibility sweep.
     Retention {
         #[command(subcommand)]
@@ -286,6 +298,36 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await
             .map(|()| ExitCode::SUCCESS),
         Command::Verify { store, deep } => verify(&store.settings(None)?, deep).await,
+        Command::MigrateStore { store, to_config } => {
+            let source = open_store(&store.settings(None)?).await?;
+            let target_settings = Settings::load(&Overrides {
+                config: Some(to_config),
+                ..Overrides::default()
+            })?;
+            let target = open_store(&target_settings).await?;
+            let r = source.copy_into(&target).await?;
+            let check = target.verify(false).await?;
+            out!(
+                "copied {} events (after seq {}) and {} blobs ({} bytes) into {}",
+                r.events,
+                r.resumed_after,
+                r.blobs,
+                r.bytes,
+                target_settings.describe_store()
+            )?;
+            if !check.is_ok() {
+                for f in &check.findings {
+                    out!("target: {f}")?;
+                }
+                anyhow::bail!("the target does not verify");
+            }
+            out!(
+                "target verified: {} events, {} blobs",
+                check.events_checked,
+                check.blobs_checked
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Gc { store, dry_run } => {
             let settings = store.settings(None)?;
             let report = open_store(&settings)

@@ -224,6 +224,54 @@ impl BlobBackend for FsBlobStore {
         false
     }
 
+    /// Written as a staging file (the same temp-file, fsync, rename path
+    /// as every blob) and renamed to `location`.
+    async fn put_at(
+        &self,
+        location: &str,
+        blob: &BlobId,
+        mut body: ByteStream,
+    ) -> Result<(), BlobError> {
+        let target = self.blob_path(location)?;
+        let id = uuid::Uuid::now_v7().to_string();
+        let staged = self.staging_path(&id)?;
+        let file =
+            File::create(&staged).map_err(BlobError::io(format!("creating staging {id}")))?;
+        let mut w = FsAppend::spawn(file, id.clone(), staged.clone(), 0);
+        let copied: Result<u64, BlobError> = async {
+            while let Some(chunk) = body.next().await {
+                let chunk =
+                    chunk.map_err(BlobError::io(format!("reading bytes for {location}")))?;
+                w.write(chunk).await?;
+            }
+            // No session resumes this staging file: no digest state to keep.
+            Box::new(w).finish(&HashState::new()).await
+        }
+        .await;
+        let done = match copied {
+            Ok(n) if n == blob.size => {
+                let (root, rel) = (self.root.clone(), Path::new(location).to_owned());
+                blocking(move || {
+                    if let Some(parent) = rel.parent() {
+                        create_dir_durable(&root, parent)?;
+                    }
+                    rename_durable(&staged, &target)
+                })
+                .await
+                .map_err(BlobError::io(format!("placing {location}")))
+            }
+            Ok(n) => Err(BlobError::Io {
+                context: format!("placing {location}"),
+                source: std::io::Error::other(format!("{n} bytes for a blob of {}", blob.size)),
+            }),
+            Err(e) => Err(e),
+        };
+        if done.is_err() {
+            let _ = self.staging_delete(&id).await;
+        }
+        done
+    }
+
     /// Files are served by the server itself.
     async fn presign_get(
         &self,

@@ -99,6 +99,15 @@ pub trait BlobBackend: Send + Sync + std::fmt::Debug + 'static {
     /// Removes a staging object; removing a missing one is not an error.
     async fn staging_delete(&self, id: &str) -> Result<(), BlobError>;
 
+    /// Stores `blob`'s bytes at `location`, a location this kind of backend
+    /// or another gave them (a log being moved from one store to another
+    /// keeps its locations). The bytes are durable when it returns.
+    async fn put_at(
+        &self,
+        location: &str,
+        blob: &BlobId,
+        body: ByteStream,
+    ) -> Result<(), BlobError>;
     /// Reads a blob, or a byte range of it.
     async fn read(
         &self,

@@ -170,9 +170,13 @@ impl Inner {
         Path::from(format!("{}{rest}", self.prefix))
     }
 
+    /// `blobs/<id>` for this backend's own blobs; `blobs/…/…` for those a
+    /// moved log brought with it (the filesystem's digest paths).
     fn blob_key(&self, location: &str) -> Result<Path, BlobError> {
-        let valid = location.strip_prefix("blobs/").is_some_and(|id| {
-            !id.is_empty() && id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+        let valid = location.strip_prefix("blobs/").is_some_and(|rest| {
+            rest.split('/').all(|seg| {
+                !seg.is_empty() && seg.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+            })
         });
         if !valid {
             return Err(BlobError::InvalidLocation(location.to_owned()));
@@ -524,6 +528,61 @@ impl BlobBackend for S3BlobStore {
             self.inner.abort_multipart(id, upload).await;
         }
         self.inner.delete_prefix(&format!("staging/{id}/")).await
+    }
+
+    /// A multipart upload straight to `location`'s key, parts going up as
+    /// the bytes arrive.
+    async fn put_at(
+        &self,
+        location: &str,
+        blob: &BlobId,
+        mut body: ByteStream,
+    ) -> Result<(), BlobError> {
+        let key = self.inner.blob_key(location)?;
+        let upload = self
+            .inner
+            .s3
+            .put_multipart(&key)
+            .await
+            .map_err(failed(format!("storing {location}")))?;
+        let mut w = object_store::WriteMultipart::new_with_chunk_size(
+            upload,
+            self.inner.part_size as usize,
+        );
+        let mut len = 0u64;
+        let copied: Result<(), BlobError> = async {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|source| BlobError::Io {
+                    context: format!("reading bytes for {location}"),
+                    source,
+                })?;
+                len += chunk.len() as u64;
+                w.wait_for_capacity(1)
+                    .await
+                    .map_err(failed(format!("storing {location}")))?;
+                w.put(chunk);
+            }
+            Ok(())
+        }
+        .await;
+        match copied {
+            Ok(()) if len == blob.size => {
+                w.finish()
+                    .await
+                    .map_err(failed(format!("storing {location}")))?;
+                Ok(())
+            }
+            other => {
+                let _ = w.abort().await;
+                other.and(Err(BlobError::Io {
+                    context: format!("storing {location}"),
+                    source: std::io::Error::other(format!(
+                        "{len} bytes for a blob of {}",
+                        blob.size
+                    )),
+                }))
+            }
+        }
     }
 
     async fn read(

@@ -255,6 +255,11 @@ pub trait MetaTx: Send {
         draft: EventDraft,
         manifest: Option<&Manifest>,
     ) -> Result<Event, MetaError>;
+    /// Appends an event that was sealed elsewhere (another store's log,
+    /// being moved here) exactly as it is, and applies it: it must be the
+    /// next one, `seq` one past the head and `prev` the head's hash.
+    async fn import(&mut self, event: &Event, manifest: Option<&Manifest>)
+    -> Result<(), MetaError>;
     /// A package read under this transaction's lock.
     async fn package(&mut self, id: &str) -> Result<Option<PackageRecord>, MetaError>;
     /// A hold read under this transaction's lock.

@@ -877,17 +877,9 @@ struct SqlTx {
     tx: Box<dyn SqlTxConn>,
 }
 
-#[async_trait]
-impl MetaTx for SqlTx {
-    async fn blob(&mut self, digest: &Digest) -> Result<Option<BlobRecord>, MetaError> {
-        find_blob(&mut *self.tx, digest).await
-    }
-
-    async fn append(
-        &mut self,
-        draft: EventDraft,
-        manifest: Option<&Manifest>,
-    ) -> Result<Event, MetaError> {
+impl SqlTx {
+    /// The seq and hash of the last event, read under the write lock.
+    async fn head(&mut self) -> Result<(u64, Hash), MetaError> {
         let rows = self
             .tx
             .fetch("SELECT seq, hash FROM log_head WHERE id = 1", &[])
@@ -895,7 +887,11 @@ impl MetaTx for SqlTx {
         let head = rows
             .first()
             .ok_or_else(|| MetaError::Corrupt("no log_head row".into()))?;
-        let event = draft.seal(head.u64("seq")? + 1, head.hash("hash")?);
+        Ok((head.u64("seq")?, head.hash("hash")?))
+    }
+
+    /// Stores a sealed event as the new head and applies it to the views.
+    async fn write(&mut self, event: &Event, manifest: Option<&Manifest>) -> Result<(), MetaError> {
         let seq = i64_of(event.seq())?;
         self.tx
             .execute(
@@ -918,8 +914,40 @@ impl MetaTx for SqlTx {
                 &[seq.into(), event.hash().into()],
             )
             .await?;
-        apply(&mut *self.tx, &event, manifest).await?;
+        apply(&mut *self.tx, event, manifest).await
+    }
+}
+
+#[async_trait]
+impl MetaTx for SqlTx {
+    async fn blob(&mut self, digest: &Digest) -> Result<Option<BlobRecord>, MetaError> {
+        find_blob(&mut *self.tx, digest).await
+    }
+
+    async fn append(
+        &mut self,
+        draft: EventDraft,
+        manifest: Option<&Manifest>,
+    ) -> Result<Event, MetaError> {
+        let (seq, hash) = self.head().await?;
+        let event = draft.seal(seq + 1, hash);
+        self.write(&event, manifest).await?;
         Ok(event)
+    }
+
+    async fn import(
+        &mut self,
+        event: &Event,
+        manifest: Option<&Manifest>,
+    ) -> Result<(), MetaError> {
+        let (seq, hash) = self.head().await?;
+        if event.seq() != seq + 1 || *event.prev() != hash {
+            return Err(MetaError::Corrupt(format!(
+                "event {} does not follow this log's head {seq}",
+                event.seq()
+            )));
+        }
+        self.write(event, manifest).await
     }
 
     async fn events_after(

@@ -28,10 +28,25 @@ impl ServerProcess {
 
     /// Like [`ServerProcess::start`] on another listen address.
     pub fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> ServerProcess {
-        let mut child = binary()
-            .args(["serve", "--listen", listen, "--data-dir"])
+        let mut cmd = binary();
+        cmd.args(["serve", "--listen", listen, "--data-dir"])
             .arg(data_dir)
+            .args(extra);
+        ServerProcess::spawn(cmd)
+    }
+
+    /// Starts `artifactstore serve --listen 127.0.0.1:0 EXTRA…` in `cwd`,
+    /// where relative paths of its config resolve.
+    pub fn start_config(cwd: &Path, extra: &[&str]) -> ServerProcess {
+        let mut cmd = binary();
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra)
+            .current_dir(cwd);
+        ServerProcess::spawn(cmd)
+    }
+
+    fn spawn(mut cmd: Command) -> ServerProcess {
+        let mut child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
