@@ -25,7 +25,7 @@
 //! visible to listings; a bucket lifecycle rule that aborts incomplete
 //! multipart uploads after a day removes it (OPERATOR.md).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -420,7 +420,7 @@ impl BlobBackend for S3BlobStore {
             id: id.to_owned(),
             had_multipart: staged.multipart.is_some(),
             staged,
-            pending: Vec::new(),
+            pending: VecDeque::new(),
             pending_len: 0,
         }))
     }
@@ -702,7 +702,7 @@ struct S3Append {
     staged: Staged,
     /// Whether the multipart upload existed before this writer.
     had_multipart: bool,
-    pending: Vec<Bytes>,
+    pending: VecDeque<Bytes>,
     pending_len: u64,
 }
 
@@ -714,10 +714,12 @@ impl S3Append {
             let mut payload = self.inner.tail(&self.id, &self.staged).await?;
             let mut need = part_size - self.staged.tail_len();
             while need > 0 {
-                let mut chunk = self.pending.remove(0);
+                let Some(mut chunk) = self.pending.pop_front() else {
+                    break;
+                };
                 if chunk.len() as u64 > need {
                     let rest = chunk.split_off(need as usize);
-                    self.pending.insert(0, rest);
+                    self.pending.push_front(rest);
                 }
                 need -= chunk.len() as u64;
                 self.pending_len -= chunk.len() as u64;
@@ -739,7 +741,7 @@ impl S3Append {
 impl StagingWriter for S3Append {
     async fn write(&mut self, chunk: Bytes) -> Result<(), BlobError> {
         self.pending_len += chunk.len() as u64;
-        self.pending.push(chunk);
+        self.pending.push_back(chunk);
         self.send_full_parts().await
     }
 
