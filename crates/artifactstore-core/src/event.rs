@@ -61,6 +61,21 @@ pub enum EventData {
     BlobDeleted {
         blob: BlobId,
     },
+    /// A package moved to another retrieval tier (`"cold"`). `moved` lists
+    /// the blobs whose bytes moved with it, each with its new location; a
+    /// blob another package still needs hot stays, and moves with the last
+    /// of them.
+    PackageTierChanged {
+        tier: String,
+        moved: Vec<MovedBlob>,
+    },
+}
+
+/// A blob a tier change moved, and where its bytes are now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MovedBlob {
+    pub blob: BlobId,
+    pub location: String,
 }
 
 impl EventData {
@@ -76,6 +91,7 @@ impl EventData {
             EventData::RetentionDeletionEligible { .. } => "v1.retention.deletion_eligible",
             EventData::PackageDeleted { .. } => "v1.package.deleted",
             EventData::BlobDeleted { .. } => "v1.blob.deleted",
+            EventData::PackageTierChanged { .. } => "v1.package.tier_changed",
         }
     }
 
@@ -134,6 +150,21 @@ impl EventData {
                 .with("reason", Value::text(reason))
                 .with("bytes_freed", Value::Unsigned(*bytes_freed)),
             EventData::BlobDeleted { blob } => blob_fields(blob),
+            EventData::PackageTierChanged { tier, moved } => {
+                Map::new().with("tier", Value::text(tier)).with(
+                    "moved",
+                    Value::Array(
+                        moved
+                            .iter()
+                            .map(|m| {
+                                Value::Map(
+                                    blob_fields(&m.blob).with("location", Value::text(&m.location)),
+                                )
+                            })
+                            .collect(),
+                    ),
+                )
+            }
         }
     }
 
@@ -221,6 +252,37 @@ impl EventData {
             "v1.blob.deleted" => {
                 fields(&["sha256", "blake3", "size"], &[])?;
                 EventData::BlobDeleted { blob: blob()? }
+            }
+            "v1.package.tier_changed" => {
+                fields(&["tier", "moved"], &[])?;
+                let items = r
+                    .get("moved")?
+                    .as_array()
+                    .ok_or(EventError::WrongType("moved"))?;
+                let moved = items
+                    .iter()
+                    .map(|item| {
+                        let m = item.as_map().ok_or(EventError::WrongType("moved"))?;
+                        check_fields::<EventError>(
+                            m,
+                            &["sha256", "blake3", "size", "location"],
+                            &[],
+                        )?;
+                        let r = Reader(m);
+                        Ok(MovedBlob {
+                            blob: BlobId {
+                                sha256: r.hash("sha256")?,
+                                blake3: r.hash("blake3")?,
+                                size: r.uint("size")?,
+                            },
+                            location: r.text("location")?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, EventError>>()?;
+                EventData::PackageTierChanged {
+                    tier: r.text("tier")?,
+                    moved,
+                }
             }
             other => return Err(EventError::UnknownType(other.to_owned())),
         })
@@ -608,6 +670,17 @@ mod tests {
                 bytes_freed: 10,
             },
             EventData::BlobDeleted { blob },
+            EventData::PackageTierChanged {
+                tier: "cold".into(),
+                moved: vec![MovedBlob {
+                    blob,
+                    location: "blobs/01936f2e-0000-7000-8000-000000000001".into(),
+                }],
+            },
+            EventData::PackageTierChanged {
+                tier: "cold".into(),
+                moved: vec![],
+            },
         ]
     }
 

@@ -148,6 +148,9 @@ pub(crate) struct PackageBody {
     created_seq: u64,
     /// The actor of `v1.package.created`.
     created_by: String,
+    /// The retrieval tier the package has reached: `hot`, or `cold` after
+    /// `v1.package.tier_changed` (reads work the same from either).
+    tier: String,
     retention: RetentionBody,
     /// Set once the collector deleted the package: its metadata, manifest
     /// and history remain, its files answer `410 Gone`.
@@ -216,6 +219,7 @@ impl From<&PackageRecord> for PackageBody {
             created_at: p.created_at.to_string(),
             created_seq: p.created_seq,
             created_by: p.created_by.clone(),
+            tier: p.tier.as_str().to_owned(),
             retention: RetentionBody::from(r),
             deleted: r.deleted.as_ref().map(|d| DeletionBody {
                 at: d.at.to_string(),

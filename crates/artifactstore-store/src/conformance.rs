@@ -15,7 +15,7 @@ use futures::StreamExt;
 
 use crate::blob::{BlobBackend, BlobError, ByteStream, StagingKind};
 use crate::hashing::HashState;
-use crate::meta::{MetaError, MetadataStore, PackageFilter, UploadSession};
+use crate::meta::{MetaError, MetadataStore, PackageFilter, Tier, UploadSession};
 
 async fn collect(mut s: ByteStream) -> Vec<u8> {
     let mut out = Vec::new();
@@ -860,23 +860,31 @@ async fn collection_views(m: &dyn MetadataStore) {
     );
 
     assert_eq!(
-        tx.blob_at("l-loose").await.expect("q").map(|r| r.blob),
+        tx.blob_at(Tier::Hot, "l-loose")
+            .await
+            .expect("q")
+            .map(|r| r.blob),
         Some(loose)
     );
-    assert!(tx.blob_at("l-none").await.expect("q").is_none());
+    assert!(tx.blob_at(Tier::Hot, "l-none").await.expect("q").is_none());
     let asked = [
         "l-one".to_owned(),
         "l-none".to_owned(),
         "l-loose".to_owned(),
     ];
-    let known = tx.known_locations(&asked).await.expect("q");
+    let known = tx.known_locations(Tier::Hot, &asked).await.expect("q");
     assert_eq!(
         known,
         ["l-one".to_owned(), "l-loose".to_owned()]
             .into_iter()
             .collect()
     );
-    assert!(tx.known_locations(&[]).await.expect("q").is_empty());
+    assert!(
+        tx.known_locations(Tier::Hot, &[])
+            .await
+            .expect("q")
+            .is_empty()
+    );
     tx.append(
         next(
             &loose.sha256_digest().to_string(),
@@ -887,7 +895,7 @@ async fn collection_views(m: &dyn MetadataStore) {
     )
     .await
     .expect("blob deleted");
-    assert!(tx.blob_at("l-loose").await.expect("q").is_none());
+    assert!(tx.blob_at(Tier::Hot, "l-loose").await.expect("q").is_none());
     let err = tx
         .append(
             next("x", t(401), EventData::BlobDeleted { blob: loose }),

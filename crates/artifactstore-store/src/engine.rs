@@ -26,7 +26,7 @@ use crate::error::{Result, StoreError};
 use crate::hashing::HashState;
 use crate::meta::{
     BlobRecord, MetaError, MetaTx, MetadataStore, PackageFile, PackageFilter, PackageRecord,
-    StoredEvent, UploadSession,
+    StoredEvent, Tier, UploadSession,
 };
 
 /// Operator limits the engine enforces.
@@ -55,6 +55,9 @@ pub struct StoreOptions {
     /// that fetches the bytes from the blob backend directly (if it can
     /// make one: S3 can, the filesystem cannot).
     pub presign_downloads: Option<std::time::Duration>,
+    /// For each class that has one, the age at which a package of it moves
+    /// to the cold tier (with [`Store::with_cold_tier`]).
+    pub cold_after: BTreeMap<String, std::time::Duration>,
 }
 
 impl Default for StoreOptions {
@@ -64,6 +67,7 @@ impl Default for StoreOptions {
             classes: shipped_classes(),
             clock: Arc::new(SystemClock),
             presign_downloads: None,
+            cold_after: BTreeMap::new(),
         }
     }
 }
@@ -85,6 +89,9 @@ pub struct Backends {
     /// `sqlite://…` or `postgres://…`; `None`: `<data_dir>/meta.sqlite`.
     pub metadata_url: Option<String>,
     pub blobs: BlobsConfig,
+    /// The cold tier's backend, if any (a filesystem one keeps its files
+    /// under `<data_dir>/cold`, unless it is S3).
+    pub cold: Option<BlobsConfig>,
 }
 
 /// Whole blobs up to this size are read and checked against their digest
@@ -119,6 +126,10 @@ pub struct Store {
     pub(crate) meta: Arc<dyn MetadataStore>,
     pub(crate) blobs: Arc<dyn BlobBackend>,
     pub(crate) clock: Arc<dyn Clock>,
+    /// The cold tier's backend, if one is configured.
+    pub(crate) cold: Option<Arc<dyn BlobBackend>>,
+    /// How old a package of each class gets before it moves to the cold tier.
+    pub(crate) cold_after: BTreeMap<String, std::time::Duration>,
     limits: Limits,
     classes: BTreeMap<String, ClassRule>,
     presign_downloads: Option<std::time::Duration>,
@@ -168,6 +179,8 @@ impl Store {
             meta,
             blobs,
             clock: options.clock,
+            cold: None,
+            cold_after: options.cold_after,
             limits: options.limits,
             classes: options.classes,
             presign_downloads: options.presign_downloads,
@@ -188,7 +201,41 @@ impl Store {
             Some(url) => crate::meta::open(url).await?,
             None => crate::meta::sqlite::open_path(&backends.data_dir.join("meta.sqlite")).await?,
         };
-        Ok(Store::new(Arc::new(meta), blobs, options))
+        let store = Store::new(Arc::new(meta), blobs, options);
+        Ok(match &backends.cold {
+            None => store,
+            Some(BlobsConfig::Fs) => {
+                let cold = FsBlobStore::open(backends.data_dir.join("cold")).await?;
+                store.with_cold_tier(Arc::new(cold))
+            }
+            Some(BlobsConfig::S3(s3)) => {
+                store.with_cold_tier(Arc::new(crate::blob::s3::S3BlobStore::open(s3)?))
+            }
+        })
+    }
+
+    /// Adds a cold tier: a second blob backend packages move to with age
+    /// ([`StoreOptions::cold_after`], [`Store::tier_run`]).
+    pub fn with_cold_tier(mut self, cold: Arc<dyn BlobBackend>) -> Store {
+        self.cold = Some(cold);
+        self
+    }
+
+    /// The backend that holds the bytes of `tier`.
+    pub(crate) fn backend(&self, tier: Tier) -> Result<&Arc<dyn BlobBackend>> {
+        match tier {
+            Tier::Hot => Ok(&self.blobs),
+            Tier::Cold => self.cold.as_ref().ok_or_else(|| {
+                StoreError::Blob(BlobError::Unsupported(
+                    "a blob is in the cold tier, and no cold tier is configured".into(),
+                ))
+            }),
+        }
+    }
+
+    /// Every configured tier and its backend.
+    pub(crate) fn tiers(&self) -> impl Iterator<Item = (Tier, &Arc<dyn BlobBackend>)> {
+        std::iter::once((Tier::Hot, &self.blobs)).chain(self.cold.iter().map(|c| (Tier::Cold, c)))
     }
 
     /// A link to the bytes of `record` that bypasses this server, if
@@ -197,7 +244,10 @@ impl Store {
         let Some(valid) = self.presign_downloads else {
             return Ok(None);
         };
-        Ok(self.blobs.presign_get(&record.location, valid).await?)
+        Ok(self
+            .backend(record.tier)?
+            .presign_get(&record.location, valid)
+            .await?)
     }
 
     /// The embedded default: SQLite metadata (at `metadata_url`, or
@@ -212,6 +262,7 @@ impl Store {
             data_dir: data_dir.to_owned(),
             metadata_url: metadata_url.map(str::to_owned),
             blobs: BlobsConfig::Fs,
+            cold: None,
         };
         Store::open(&backends, options).await
     }
@@ -220,6 +271,11 @@ impl Store {
     /// directly (`verify`, conformance checks).
     pub fn blob_backend(&self) -> &Arc<dyn BlobBackend> {
         &self.blobs
+    }
+
+    /// The cold tier's blob backend, if one is configured.
+    pub fn cold_backend(&self) -> Option<&Arc<dyn BlobBackend>> {
+        self.cold.as_ref()
     }
 
     /// The configured retention classes.
@@ -613,7 +669,11 @@ impl Store {
             });
         }
         let whole = range.is_none();
-        let stream = match self.blobs.read(&record.location, range).await {
+        let stream = match self
+            .backend(record.tier)?
+            .read(&record.location, range)
+            .await
+        {
             Ok(s) => s,
             // The collector may have deleted it since the row was read.
             Err(BlobError::NotFound(_))
@@ -710,7 +770,9 @@ impl Store {
     /// Whether both backends answer.
     pub async fn check_ready(&self) -> Result<()> {
         self.meta.ping().await?;
-        self.blobs.ping().await?;
+        for (_, backend) in self.tiers() {
+            backend.ping().await?;
+        }
         Ok(())
     }
 
@@ -884,7 +946,7 @@ impl Store {
         actor: &str,
     ) -> Result<StoredBlob> {
         if let Some(record) = tx.blob(&blob.sha256_digest()).await? {
-            if record.location != location {
+            if record.tier != Tier::Hot || record.location != location {
                 // A copy at a location of its own that no row will name.
                 if let Err(e) = self.blobs.delete(&location).await {
                     tracing::warn!(%location, error = %e, "could not remove a duplicate upload");
@@ -907,6 +969,7 @@ impl Store {
         Ok(StoredBlob {
             record: BlobRecord {
                 blob,
+                tier: Tier::Hot,
                 location,
                 stored_seq: event.seq(),
                 stored_at: event.at(),
@@ -956,7 +1019,7 @@ pub(crate) async fn hash_stream(mut stream: ByteStream, context: &str) -> Result
     hashing.stop().await.map_err(hasher_failed)
 }
 
-fn hasher_failed(_: crate::hashing::HasherGone) -> StoreError {
+pub(crate) fn hasher_failed(_: crate::hashing::HasherGone) -> StoreError {
     StoreError::Blob(crate::blob::BlobError::Io {
         context: "hashing".into(),
         source: std::io::Error::other("hasher thread unavailable"),

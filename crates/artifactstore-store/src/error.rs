@@ -79,6 +79,10 @@ pub enum StoreError {
     },
     #[error("another collector is running on this database")]
     CollectorBusy,
+    #[error("another tiering run holds the database's tiering lock; try again later")]
+    TieringBusy,
+    #[error("no cold tier is configured")]
+    NoColdTier,
     #[error(
         "the stored bytes of {0} do not match its digest; the server's operator must restore it (see the server log)"
     )]
@@ -123,6 +127,8 @@ impl StoreError {
             StoreError::FileNotFound { .. } => "file-not-found",
             StoreError::PackageDeleted { .. } | StoreError::PackageGone { .. } => "package-deleted",
             StoreError::CollectorBusy => "collector-busy",
+            StoreError::TieringBusy => "tiering-busy",
+            StoreError::NoColdTier => "no-cold-tier",
             StoreError::CorruptBlob(_) => "blob-corrupt",
             StoreError::BrokenLog(_) => "log-broken",
             StoreError::Blob(_) | StoreError::Meta(_) => "internal",
@@ -139,7 +145,9 @@ impl StoreError {
             StoreError::RetentionChange(_)
             | StoreError::HoldReleased(_)
             | StoreError::PackageDeleted { .. }
-            | StoreError::CollectorBusy => ErrorClass::Conflict,
+            | StoreError::CollectorBusy
+            | StoreError::TieringBusy
+            | StoreError::NoColdTier => ErrorClass::Conflict,
             StoreError::PackageGone { .. } => ErrorClass::Gone,
             StoreError::UnknownClass { .. }
             | StoreError::MissingBlobs(_)

@@ -36,7 +36,7 @@ use artifactstore_core::{BlobId, Timestamp};
 use crate::blob::Trashed;
 use crate::engine::Store;
 use crate::error::{Result, StoreError};
-use crate::meta::MetaTx;
+use crate::meta::{MetaTx, Tier};
 
 /// Rows decided per transaction: bounds how long the collector holds the
 /// write lock that uploads and package creation also need.
@@ -130,8 +130,12 @@ impl Store {
             .await;
         if result.is_err() {
             // Trash of a transaction that did not commit: its rows stand.
-            for t in &trashed {
-                if let Err(e) = self.blobs.trash_restore(t).await {
+            for (tier, t) in &trashed {
+                let restored = match self.backend(*tier) {
+                    Ok(b) => b.trash_restore(t).await.map_err(StoreError::from),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = restored {
                     tracing::error!(location = %t.location, error = %e,
                         "could not restore trash; the next collection retries");
                 }
@@ -169,24 +173,26 @@ impl Store {
     }
 
     async fn recover_trash(&self) -> Result<u64> {
-        let trashed = self.blobs.trash_list().await?;
-        if trashed.is_empty() {
-            return Ok(0);
-        }
-        // Under the write lock, so no collection is between its trash move
-        // and its commit, and every row read here is final.
-        let mut tx = self.meta.begin().await?;
         let mut restored = 0;
-        for t in &trashed {
-            let row = tx.blob_at(&t.location).await?;
-            if row.is_some_and(|r| r.stored_seq == t.stored_seq) {
-                self.blobs.trash_restore(t).await?;
-                restored += 1;
-            } else {
-                self.blobs.trash_purge(t).await?;
+        for (tier, backend) in self.tiers() {
+            let trashed = backend.trash_list().await?;
+            if trashed.is_empty() {
+                continue;
             }
+            // Under the write lock, so no collection is between its trash
+            // move and its commit, and every row read here is final.
+            let mut tx = self.meta.begin().await?;
+            for t in &trashed {
+                let row = tx.blob_at(tier, &t.location).await?;
+                if row.is_some_and(|r| r.stored_seq == t.stored_seq) {
+                    backend.trash_restore(t).await?;
+                    restored += 1;
+                } else {
+                    backend.trash_purge(t).await?;
+                }
+            }
+            tx.commit().await?;
         }
-        tx.commit().await?;
         if restored > 0 {
             tracing::warn!(restored, "put back blobs a crashed collection had trashed");
         }
@@ -201,9 +207,9 @@ impl Store {
         settings: &GcSettings,
         now: Timestamp,
         dry_run: bool,
-        trashed: &mut Vec<Trashed>,
+        trashed: &mut Vec<(Tier, Trashed)>,
         // Filled in a dry run only: what the rolled-back run deleted.
-        deleted_locations: &mut HashSet<String>,
+        deleted_locations: &mut HashSet<(Tier, String)>,
         report: &mut GcReport,
     ) -> Result<()> {
         let cutoff = before(now, settings.grace);
@@ -248,16 +254,19 @@ impl Store {
             for record in &batch {
                 after = record.blob.sha256;
                 if !dry_run {
-                    self.blobs
+                    self.backend(record.tier)?
                         .trash(&record.location, record.stored_seq)
                         .await?;
-                    trashed.push(Trashed {
-                        location: record.location.clone(),
-                        stored_seq: record.stored_seq,
-                    });
+                    trashed.push((
+                        record.tier,
+                        Trashed {
+                            location: record.location.clone(),
+                            stored_seq: record.stored_seq,
+                        },
+                    ));
                 }
                 if dry_run {
-                    deleted_locations.insert(record.location.clone());
+                    deleted_locations.insert((record.tier, record.location.clone()));
                 }
                 let subject = record.blob.sha256_digest().to_string();
                 let data = EventData::BlobDeleted { blob: record.blob };
@@ -300,15 +309,19 @@ impl Store {
         &self,
         tx: Box<dyn MetaTx>,
         pending: &mut Pending,
-        trashed: &mut Vec<Trashed>,
+        trashed: &mut Vec<(Tier, Trashed)>,
     ) -> Result<Box<dyn MetaTx>> {
         tx.commit().await?;
         if pending.count > 0 {
             self.published(pending.last_seq, pending.count);
         }
         *pending = Pending::default();
-        for t in trashed.drain(..) {
-            if let Err(e) = self.blobs.trash_purge(&t).await {
+        for (tier, t) in trashed.drain(..) {
+            let purged = match self.backend(tier) {
+                Ok(b) => b.trash_purge(&t).await.map_err(StoreError::from),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = purged {
                 // The row is gone; the next collection purges it.
                 tracing::warn!(location = %t.location, error = %e, "could not purge trash");
             }
@@ -343,20 +356,38 @@ impl Store {
                 break;
             }
         }
-        let expired: HashSet<&str> = report.sessions.iter().map(String::as_str).collect();
-        for id in self.blobs.staging_list().await? {
+        let expired: HashSet<String> = report.sessions.iter().cloned().collect();
+        // Sessions stage in the hot tier; a tier move stages in the cold one.
+        for (_, backend) in self.tiers() {
+            self.collect_staging(&**backend, cutoff, &expired, dry_run, report)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Removes staging objects of `backend` older than `cutoff` that no
+    /// live session owns.
+    async fn collect_staging(
+        &self,
+        backend: &dyn crate::blob::BlobBackend,
+        cutoff: Timestamp,
+        expired: &HashSet<String>,
+        dry_run: bool,
+        report: &mut GcReport,
+    ) -> Result<()> {
+        for id in backend.staging_list().await? {
             let Some(created) = id_time(&id) else {
                 tracing::warn!(staging = %id, "ignoring a staging object not named by a UUID v7");
                 continue;
             };
             if created >= cutoff
-                || expired.contains(id.as_str())
+                || expired.contains(&id)
                 || self.meta.session_get(&id).await?.is_some()
             {
                 continue;
             }
             if !dry_run {
-                self.blobs.staging_delete(&id).await?;
+                backend.staging_delete(&id).await?;
             }
             report.orphaned_staging += 1;
         }
@@ -374,33 +405,36 @@ impl Store {
         &self,
         dry_run: bool,
         young: Timestamp,
-        deleted: &HashSet<String>,
+        deleted: &HashSet<(Tier, String)>,
         report: &mut GcReport,
     ) -> Result<()> {
-        let mut after = String::new();
-        loop {
-            let page = self.blobs.list_after(&after, BATCH as usize).await?;
-            let Some(last) = page.last() else { break };
-            after = last.clone();
-            let mut tx = self.meta.begin().await?;
-            let known = tx.known_locations(&page).await?;
-            let orphaned = page.iter().filter(|l| {
-                let upload = l.rsplit('/').next().and_then(id_time);
-                !known.contains(*l) && upload.is_none_or(|t| t < young)
-            });
-            for location in orphaned {
-                if dry_run {
-                    // Its row was deleted by the rolled-back run, its bytes
-                    // are still here: it is counted once, as a deleted blob.
-                    if deleted.contains(location) {
-                        continue;
+        for (tier, backend) in self.tiers() {
+            let mut after = String::new();
+            loop {
+                let page = backend.list_after(&after, BATCH as usize).await?;
+                let Some(last) = page.last() else { break };
+                after = last.clone();
+                let mut tx = self.meta.begin().await?;
+                let known = tx.known_locations(tier, &page).await?;
+                let orphaned = page.iter().filter(|l| {
+                    let upload = l.rsplit('/').next().and_then(id_time);
+                    !known.contains(*l) && upload.is_none_or(|t| t < young)
+                });
+                for location in orphaned {
+                    if dry_run {
+                        // Its row was deleted by the rolled-back run, its
+                        // bytes are still here: it is counted once, as a
+                        // deleted blob.
+                        if deleted.contains(&(tier, location.clone())) {
+                            continue;
+                        }
+                    } else {
+                        backend.delete(location).await?;
                     }
-                } else {
-                    self.blobs.delete(location).await?;
+                    report.orphaned_blobs += 1;
                 }
-                report.orphaned_blobs += 1;
+                tx.commit().await?;
             }
-            tx.commit().await?;
         }
         Ok(())
     }
@@ -415,7 +449,7 @@ fn id_time(id: &str) -> Option<Timestamp> {
 }
 
 /// `now - age`, clamped to the epoch.
-fn before(now: Timestamp, age: Duration) -> Timestamp {
+pub(crate) fn before(now: Timestamp, age: Duration) -> Timestamp {
     let micros = i64::try_from(age.as_micros()).unwrap_or(i64::MAX);
     now.checked_add_micros(-micros)
         .filter(|t| *t >= Timestamp::UNIX_EPOCH)

@@ -15,6 +15,7 @@ pub mod meta;
 mod migrate;
 mod retention;
 pub mod testing;
+mod tier;
 mod verify;
 
 pub use engine::{
@@ -24,4 +25,5 @@ pub use error::{ErrorClass, StoreError};
 pub use gc::{DeletedPackage, GcReport, GcSettings};
 pub use migrate::CopyReport;
 pub use retention::SweepReport;
+pub use tier::TierReport;
 pub use verify::{Finding, VerifyReport};

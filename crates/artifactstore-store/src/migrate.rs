@@ -59,13 +59,18 @@ impl Store {
                 let event = chain
                     .check(stored.seq, &stored.bytes, &stored.hash)
                     .map_err(StoreError::BrokenLog)?;
-                if let EventData::BlobStored { blob, location } = event.data() {
-                    // Only bytes still stored under this event's row; a
-                    // later event of the log deletes the others' rows.
+                if let EventData::BlobStored { blob, .. } = event.data() {
+                    // Only bytes still stored under this event's row (a
+                    // later event deletes the others' rows), and where the
+                    // row has them now (a later event may have moved them
+                    // to the cold tier).
                     let record = self.meta.blob(&blob.sha256_digest()).await?;
                     if let Some(record) = record.filter(|r| r.stored_seq == event.seq()) {
                         let bytes = self.read_blob(&record, None).await?;
-                        target.blobs.put_at(location, blob, bytes).await?;
+                        target
+                            .backend(record.tier)?
+                            .put_at(&record.location, blob, bytes)
+                            .await?;
                         report.blobs += 1;
                         report.bytes += blob.size;
                     }

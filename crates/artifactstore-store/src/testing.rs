@@ -163,6 +163,25 @@ impl TestPair {
         }
     }
 
+    /// Like [`TestPair::open`], with a cold tier of the pair's kind: a
+    /// second directory, or a second prefix in the bucket.
+    pub async fn open_tiered(&self, options: crate::StoreOptions) -> crate::Store {
+        let store = self.open(options).await;
+        let cold: std::sync::Arc<dyn crate::blob::BlobBackend> = match &self.s3 {
+            None => std::sync::Arc::new(
+                crate::blob::fs::FsBlobStore::open(self.dir().join("cold"))
+                    .await
+                    .expect("open the cold directory"),
+            ),
+            Some(s3) => {
+                let mut cold = s3.clone();
+                cold.prefix = format!("{}c", s3.prefix);
+                std::sync::Arc::new(crate::blob::s3::S3BlobStore::open(&cold).expect("open S3"))
+            }
+        };
+        store.with_cold_tier(cold)
+    }
+
     pub async fn open(&self, options: crate::StoreOptions) -> crate::Store {
         match (&self.postgres, &self.s3) {
             (Some((url, schema)), Some(s3)) => {

@@ -9,6 +9,7 @@ use artifactstore_core::{BlobId, Digest};
 
 use crate::engine::{Store, hash_stream};
 use crate::error::{Result, StoreError};
+use crate::meta::BlobRecord;
 use crate::meta::{MetaError, MetaTx, MetadataStore};
 
 const PAGE: u32 = 1000;
@@ -177,7 +178,7 @@ impl Store {
             for record in page {
                 report.blobs_checked += 1;
                 let digest = record.blob.sha256_digest();
-                match self.blobs.stat(&record.location).await? {
+                match self.backend(record.tier)?.stat(&record.location).await? {
                     None => {
                         report.findings.push(Finding::MissingBlob {
                             digest,
@@ -196,7 +197,7 @@ impl Store {
                     Some(_) => {}
                 }
                 if deep {
-                    let actual = self.rehash(&record.location).await?;
+                    let actual = self.rehash(&record).await?;
                     report.bytes_rehashed += actual.size;
                     if actual != record.blob {
                         report
@@ -210,8 +211,9 @@ impl Store {
     }
 
     /// Both digests of stored bytes, on the hasher threads.
-    async fn rehash(&self, location: &str) -> Result<BlobId> {
-        let stream = self.blobs.read(location, None).await?;
+    async fn rehash(&self, record: &BlobRecord) -> Result<BlobId> {
+        let location = &record.location;
+        let stream = self.backend(record.tier)?.read(location, None).await?;
         Ok(hash_stream(stream, &format!("reading {location}"))
             .await?
             .finish())
@@ -219,8 +221,10 @@ impl Store {
 
     /// The manifest a `v1.package.created` names, read from the blob store
     /// and checked against the event's digests; `None` for other events.
-    /// Looked up through `tx` when given (a rebuild, whose `blobs` view is
-    /// being refilled in that transaction), else through `meta`.
+    /// Found through `meta`'s committed `blobs` view, where its row says
+    /// where the bytes are now (a later event may have moved them to the
+    /// cold tier); failing that, through `tx` when given (a rebuild of a
+    /// damaged view, whose rows are being refilled in that transaction).
     pub(crate) async fn manifest_of(
         &self,
         event: &Event,
@@ -236,9 +240,10 @@ impl Store {
             return Ok(None);
         };
         let digest = Digest::sha256(*manifest_sha256);
-        let record = match tx {
-            Some(tx) => tx.blob(&digest).await?,
-            None => meta.blob(&digest).await?,
+        let record = match (meta.blob(&digest).await?, tx) {
+            (Some(r), _) => Some(r),
+            (None, Some(tx)) => tx.blob(&digest).await?,
+            (None, None) => None,
         }
         .ok_or_else(|| {
             StoreError::Meta(MetaError::Corrupt(format!(

@@ -33,6 +33,8 @@ struct FileConfig {
     #[serde(default)]
     gc: GcSection,
     #[serde(default)]
+    tiering: TieringSection,
+    #[serde(default)]
     tokens: Vec<TokenSection>,
 }
 
@@ -45,6 +47,17 @@ struct GcSection {
     grace: Option<String>,
     /// How long an upload session may stay open.
     upload_expiry: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TieringSection {
+    /// The cold tier's backend: "fs" (under `<data_dir>/cold`) or "s3".
+    cold: Option<String>,
+    /// With `cold = "s3"`.
+    s3: Option<S3Section>,
+    /// How often `serve` moves packages that are due.
+    interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,6 +84,8 @@ struct ClassSection {
     default: Option<String>,
     #[serde(default)]
     permanent: bool,
+    /// Age at which a package of this class moves to the cold tier.
+    cold_after: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -166,6 +181,9 @@ pub(crate) struct Settings {
     pub(crate) backends: Backends,
     /// See [`StoreOptions::presign_downloads`](artifactstore_store::StoreOptions).
     pub(crate) presign_downloads: Option<Duration>,
+    /// Per class, the age at which packages move to the cold tier.
+    pub(crate) cold_after: BTreeMap<String, Duration>,
+    pub(crate) tier_interval: Duration,
     pub(crate) limits: Limits,
     pub(crate) classes: BTreeMap<String, ClassRule>,
     pub(crate) auth: Auth,
@@ -173,6 +191,9 @@ pub(crate) struct Settings {
     pub(crate) gc_interval: Duration,
     pub(crate) gc: GcSettings,
 }
+
+/// The default of `[tiering] interval`.
+const DEFAULT_TIER_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// The default of `[gc] interval`.
 const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(6 * 3600);
@@ -221,6 +242,7 @@ impl Settings {
         if let Some(ByteSize(n)) = file.limits.max_blob_size {
             limits.max_blob_size = n;
         }
+        let mut cold_after = BTreeMap::new();
         let classes = match file.retention.classes {
             None => shipped_classes(),
             Some(defined) => defined
@@ -228,9 +250,46 @@ impl Settings {
                 .map(|(name, c)| {
                     let rule = ClassRule::from_config(c.default.as_deref(), c.permanent)
                         .with_context(|| format!("retention class {name:?}"))?;
+                    if let Some(age) = &c.cold_after {
+                        let key = format!("[retention.classes.{name}] cold_after");
+                        cold_after.insert(name.clone(), period(&key, age)?);
+                    }
                     Ok((name, rule))
                 })
                 .collect::<anyhow::Result<_>>()?,
+        };
+        let cold = match file.tiering.cold.as_deref() {
+            None => {
+                if file.tiering.s3.is_some() {
+                    bail!("[tiering.s3] is set but [tiering] cold is not \"s3\"");
+                }
+                None
+            }
+            Some("fs") => Some(BlobsConfig::Fs),
+            Some("s3") => {
+                let s3 = file.tiering.s3.ok_or_else(|| {
+                    anyhow::anyhow!("[tiering] cold = \"s3\" needs a [tiering.s3] section")
+                })?;
+                let (settings, presign) = s3_settings("[tiering.s3]", s3)?;
+                if presign.is_some() {
+                    bail!(
+                        "[tiering.s3] presign_downloads: set it in [blobs.s3]; it applies to both tiers"
+                    );
+                }
+                Some(BlobsConfig::S3(settings))
+            }
+            Some(other) => {
+                bail!("[tiering] cold {other:?} is not available (supported: \"fs\", \"s3\")")
+            }
+        };
+        if cold.is_none()
+            && let Some(class) = cold_after.keys().next()
+        {
+            bail!("retention class {class:?} has cold_after, but [tiering] names no cold tier");
+        }
+        let tier_interval = match &file.tiering.interval {
+            Some(text) => interval("[tiering] interval", text)?,
+            None => DEFAULT_TIER_INTERVAL,
         };
         if classes.is_empty() {
             bail!("[retention.classes] defines no class; remove it to use the shipped ones");
@@ -289,8 +348,11 @@ impl Settings {
                     .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
                 metadata_url: file.metadata.url,
                 blobs,
+                cold,
             },
             presign_downloads,
+            cold_after,
+            tier_interval,
             limits,
         })
     }
@@ -332,33 +394,40 @@ fn blobs_config(section: BlobsSection) -> anyhow::Result<(BlobsConfig, Option<Du
             let s3 = section.s3.ok_or_else(|| {
                 anyhow::anyhow!("[blobs] backend = \"s3\" needs a [blobs.s3] section")
             })?;
-            let bucket = s3
-                .bucket
-                .ok_or_else(|| anyhow::anyhow!("[blobs.s3] bucket is required"))?;
-            let part_size = s3
-                .part_size
-                .map_or(S3Settings::DEFAULT_PART_SIZE, |ByteSize(n)| n);
-            if part_size < MIN_PART_SIZE {
-                bail!("[blobs.s3] part_size must be at least 5 MiB (S3's smallest part)");
-            }
-            let presign = s3
-                .presign_downloads
-                .as_deref()
-                .map(|t| interval("[blobs.s3] presign_downloads", t))
-                .transpose()?;
-            let settings = S3Settings {
-                endpoint: s3.endpoint,
-                bucket,
-                region: s3.region.unwrap_or_else(|| "us-east-1".to_owned()),
-                access_key_id: s3.access_key_id,
-                secret_access_key: s3.secret_access_key,
-                prefix: s3.prefix.unwrap_or_default(),
-                part_size,
-            };
+            let (settings, presign) = s3_settings("[blobs.s3]", s3)?;
             Ok((BlobsConfig::S3(settings), presign))
         }
         Some(other) => bail!("blob backend {other:?} is not available (supported: \"fs\", \"s3\")"),
     }
+}
+
+/// An S3 section (`[blobs.s3]`, `[tiering.s3]`, named `key` in messages):
+/// the bucket's settings, and the presigned-download period if set.
+fn s3_settings(key: &str, s3: S3Section) -> anyhow::Result<(S3Settings, Option<Duration>)> {
+    let bucket = s3
+        .bucket
+        .ok_or_else(|| anyhow::anyhow!("{key} bucket is required"))?;
+    let part_size = s3
+        .part_size
+        .map_or(S3Settings::DEFAULT_PART_SIZE, |ByteSize(n)| n);
+    if part_size < MIN_PART_SIZE {
+        bail!("{key} part_size must be at least 5 MiB (S3's smallest part)");
+    }
+    let presign = s3
+        .presign_downloads
+        .as_deref()
+        .map(|t| interval(&format!("{key} presign_downloads"), t))
+        .transpose()?;
+    let settings = S3Settings {
+        endpoint: s3.endpoint,
+        bucket,
+        region: s3.region.unwrap_or_else(|| "us-east-1".to_owned()),
+        access_key_id: s3.access_key_id,
+        secret_access_key: s3.secret_access_key,
+        prefix: s3.prefix.unwrap_or_default(),
+        part_size,
+    };
+    Ok((settings, presign))
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -505,6 +574,30 @@ mod tests {
     }
 
     #[test]
+    fn a_cold_tier() {
+        let text = "[retention.classes.build]\ndefault = \"90d\"\ncold_after = \"30d\"\n\
+                    [retention.classes.keep]\npermanent = true\n\
+                    [tiering]\ncold = \"s3\"\ninterval = \"10m\"\n\
+                    [tiering.s3]\nbucket = \"archive\"\nregion = \"eu-west-1\"\n";
+        let s = load(text, Overrides::default()).unwrap();
+        let Some(BlobsConfig::S3(cold)) = &s.backends.cold else {
+            panic!("expected an S3 cold tier, got {:?}", s.backends.cold);
+        };
+        assert_eq!(
+            (cold.bucket.as_str(), cold.region.as_str()),
+            ("archive", "eu-west-1")
+        );
+        assert_eq!(
+            s.cold_after.get("build"),
+            Some(&Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(s.cold_after.get("keep"), None);
+        assert_eq!(s.tier_interval, Duration::from_secs(600));
+        let plain = load("", Overrides::default()).unwrap();
+        assert_eq!(plain.backends.cold, None);
+    }
+
+    #[test]
     fn refusals_are_one_line() {
         for (text, needle) in [
             ("colour = \"blue\"\n", "unknown field `colour`"),
@@ -529,6 +622,20 @@ mod tests {
                 "at least 5 MiB",
             ),
             ("[blobs.s3]\nbucket = \"b\"\n", "backend is not \"s3\""),
+            (
+                "[retention.classes.x]\ndefault = \"1d\"\ncold_after = \"1h\"\n",
+                "names no cold tier",
+            ),
+            ("[tiering]\ncold = \"tape\"\n", "not available"),
+            ("[tiering]\ncold = \"s3\"\n", "needs a [tiering.s3] section"),
+            (
+                "[tiering]\ncold = \"fs\"\ninterval = \"0s\"\n",
+                "at least 1s",
+            ),
+            (
+                "[retention.classes.x]\ndefault = \"1d\"\ncold_after = \"soon\"\n[tiering]\ncold = \"fs\"\n",
+                "cold_after \"soon\"",
+            ),
             (
                 "[blobs]\nbackend = \"s3\"\n[blobs.s3]\nbucket = \"b\"\nsecret = \"x\"\n",
                 "unknown field `secret`",

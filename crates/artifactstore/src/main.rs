@@ -87,6 +87,11 @@ enum Command {
         #[command(subcommand)]
         command: ViewsCommand,
     },
+    /// Retrieval tiering: move packages to the cold tier.
+    Tier {
+        #[command(subcommand)]
+        command: TierCommand,
+    },
     /// Upload a directory as a package; prints the package id.
     Push {
         #[command(flatten)]
@@ -228,6 +233,17 @@ enum RetentionCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum TierCommand {
+    /// Move every package older than its class's `cold_after` to the cold
+    /// tier, with the blobs no younger package still needs hot (what
+    /// `serve` does every `[tiering] interval`). Safe while `serve` runs.
+    Run {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ViewsCommand {
     /// Drop the views and derive them again from the log, in one
     /// transaction (writers wait; readers see the old views until it ends).
@@ -337,6 +353,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print_gc(&report)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Tier {
+            command: TierCommand::Run { store },
+        } => {
+            let settings = store.settings(None)?;
+            let r = open_store(&settings).await?.tier_run().await?;
+            out!(
+                "moved {} packages to the cold tier ({} blobs, {} bytes)",
+                r.packages.len(),
+                r.blobs,
+                r.bytes
+            )?;
+            for id in &r.packages {
+                out!("{id}")?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Views {
             command: ViewsCommand::Rebuild { store },
         } => {
@@ -436,6 +468,7 @@ async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
         limits: settings.limits,
         classes: settings.classes.clone(),
         presign_downloads: settings.presign_downloads,
+        cold_after: settings.cold_after.clone(),
         ..StoreOptions::default()
     };
     Store::open(&settings.backends, options)
@@ -537,6 +570,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     tokio::spawn(sweep_loop(store.clone(), settings.sweep_interval));
     tokio::spawn(gc_loop(store.clone(), settings.gc_interval, settings.gc));
+    if settings.backends.cold.is_some() {
+        tokio::spawn(tier_loop(store.clone(), settings.tier_interval));
+    }
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("binding {}", settings.listen))?;
@@ -570,6 +606,27 @@ async fn sweep_loop(store: Arc<Store>, interval: std::time::Duration) {
 /// The collector inside `serve`: once at start, then every `interval`.
 /// With several servers on one database, whoever holds the collector lock
 /// runs; the others skip that turn.
+async fn tier_loop(store: Arc<Store>, interval: std::time::Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match store.tier_run().await {
+            Ok(r) if r.packages.is_empty() => tracing::debug!("tiering: nothing due"),
+            Ok(r) => tracing::info!(
+                packages = r.packages.len(),
+                blobs = r.blobs,
+                bytes = r.bytes,
+                "moved packages to the cold tier"
+            ),
+            Err(artifactstore_store::StoreError::TieringBusy) => {
+                tracing::debug!("tiering: another node is moving packages")
+            }
+            Err(e) => tracing::warn!(error = %e, "tiering failed; retrying at the next interval"),
+        }
+    }
+}
+
 async fn gc_loop(
     store: Arc<Store>,
     interval: std::time::Duration,

@@ -49,10 +49,47 @@ pub async fn open(url: &str) -> Result<sql::SqlMetadata, MetaError> {
     }
 }
 
+/// A retrieval tier: which blob backend holds a blob's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Tier {
+    /// The blob backend every upload goes to.
+    Hot,
+    /// The cold backend packages move to with age.
+    Cold,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Hot => "hot",
+            Tier::Cold => "cold",
+        }
+    }
+}
+
+impl std::str::FromStr for Tier {
+    type Err = MetaError;
+    fn from_str(s: &str) -> Result<Tier, MetaError> {
+        match s {
+            "hot" => Ok(Tier::Hot),
+            "cold" => Ok(Tier::Cold),
+            other => Err(MetaError::Corrupt(format!("unknown tier {other:?}"))),
+        }
+    }
+}
+
+impl std::fmt::Display for Tier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A row of the `blobs` view.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobRecord {
     pub blob: BlobId,
+    /// Where the bytes are: `location` in the backend of `tier`.
+    pub tier: Tier,
     pub location: String,
     pub stored_seq: u64,
     pub stored_at: Timestamp,
@@ -102,6 +139,8 @@ pub struct PackageRecord {
     pub created_seq: u64,
     pub created_at: Timestamp,
     pub created_by: String,
+    /// The tier the package has reached (`v1.package.tier_changed`).
+    pub tier: Tier,
     pub retention: RetentionState,
 }
 
@@ -305,12 +344,32 @@ pub trait MetaTx: Send {
         after: &Hash,
         limit: u32,
     ) -> Result<Vec<BlobRecord>, MetaError>;
-    /// The blob row at `location`, if any.
-    async fn blob_at(&mut self, location: &str) -> Result<Option<BlobRecord>, MetaError>;
-    /// Which of `locations` (at most 1000) a blob row names.
+    /// The blob row at `location` in `tier`, if any.
+    async fn blob_at(
+        &mut self,
+        tier: Tier,
+        location: &str,
+    ) -> Result<Option<BlobRecord>, MetaError>;
+    /// Which of `locations` (at most 1000) a blob row of `tier` names.
     async fn known_locations(
         &mut self,
+        tier: Tier,
         locations: &[String],
     ) -> Result<std::collections::HashSet<String>, MetaError>;
+    /// Up to `limit` live packages still in the hot tier that were created
+    /// at or before `cutoff` and have one of `classes`, oldest first.
+    async fn hot_packages_before(
+        &mut self,
+        classes: &[(String, Timestamp)],
+        limit: u32,
+    ) -> Result<Vec<PackageRecord>, MetaError>;
+    /// The hot blobs `package_id` references (its files and its manifest)
+    /// that every other live, hot package referencing them is due to leave
+    /// the hot tier too (by `classes`, as in `hot_packages_before`).
+    async fn blobs_leaving_hot(
+        &mut self,
+        package_id: &str,
+        classes: &[(String, Timestamp)],
+    ) -> Result<Vec<BlobRecord>, MetaError>;
     async fn commit(self: Box<Self>) -> Result<(), MetaError>;
 }

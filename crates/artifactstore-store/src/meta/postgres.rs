@@ -29,8 +29,10 @@ use super::{LeaderGuard, MetaError};
 /// Migrations of this backend, applied in order, each once. The schema is
 /// the SQLite one in PostgreSQL's types, with the same columns in the same
 /// order, so both give the same [`super::ViewsDigest`] for the same log.
-const MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("../../migrations/postgres/0001_schema.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/postgres/0001_schema.sql")),
+    (2, include_str!("../../migrations/postgres/0002_tiers.sql")),
+];
 
 const POOL_SIZE: u32 = 16;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);

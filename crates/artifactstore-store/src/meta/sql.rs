@@ -23,7 +23,8 @@ use async_trait::async_trait;
 
 use super::{
     BlobRecord, Deletion, Hold, LeaderGuard, MetaError, MetaTx, MetadataStore, PackageFile,
-    PackageFilter, PackageRecord, Release, RetentionState, StoredEvent, UploadSession, ViewsDigest,
+    PackageFilter, PackageRecord, Release, RetentionState, StoredEvent, Tier, UploadSession,
+    ViewsDigest,
 };
 
 /// A statement argument.
@@ -292,6 +293,7 @@ fn blob_record(row: &Row) -> Result<BlobRecord, MetaError> {
             blake3: row.hash("blake3")?,
             size: row.u64("size")?,
         },
+        tier: row.text("tier")?.parse()?,
         location: row.text("location")?,
         stored_seq: row.u64("stored_seq")?,
         stored_at: row.ts("stored_at")?,
@@ -349,6 +351,7 @@ fn package_record(row: &Row) -> Result<PackageRecord, MetaError> {
         created_seq: row.u64("created_seq")?,
         created_at: row.ts("created_at")?,
         created_by: row.text("created_by")?,
+        tier: row.text("tier")?.parse()?,
         retention: RetentionState {
             class: row.text("r_class")?,
             current_expires_at: row.opt_ts("current_expires_at")?,
@@ -442,6 +445,26 @@ async fn update_one(
         )));
     }
     Ok(())
+}
+
+/// SQL that is true for a package (table alias `alias`) whose class is one
+/// of `classes` and that was created at or before that class's cutoff; its
+/// arguments are appended to `args`.
+fn due_condition(alias: &str, classes: &[(String, Timestamp)], args: &mut Vec<Arg>) -> String {
+    if classes.is_empty() {
+        return "1 = 0".to_owned();
+    }
+    let mut terms = Vec::with_capacity(classes.len());
+    for (class, cutoff) in classes {
+        args.push(class.into());
+        args.push((*cutoff).into());
+        terms.push(format!(
+            "({alias}.retention_class = ?{} AND {alias}.created_at <= ?{})",
+            args.len() - 1,
+            args.len()
+        ));
+    }
+    terms.join(" OR ")
 }
 
 const EVENTS_AFTER: &str =
@@ -645,6 +668,32 @@ async fn apply(
                 "UPDATE retention_state SET active_holds = active_holds - 1 \
                  WHERE package_id = ?1 AND active_holds > 0",
                 &[subject.into()],
+            )
+            .await?;
+        }
+        EventData::PackageTierChanged { tier, moved } => {
+            let tier: Tier = tier.parse()?;
+            for m in moved {
+                // Only a blob still in the hot tier moves.
+                update_one(
+                    conn,
+                    event,
+                    "UPDATE blobs SET tier = ?1, location = ?2 \
+                     WHERE sha256 = ?3 AND blake3 = ?4 AND tier = 'hot'",
+                    &[
+                        tier.as_str().into(),
+                        (&m.location).into(),
+                        (&m.blob.sha256).into(),
+                        (&m.blob.blake3).into(),
+                    ],
+                )
+                .await?;
+            }
+            update_one(
+                conn,
+                event,
+                "UPDATE packages SET tier = ?1 WHERE id = ?2",
+                &[tier.as_str().into(), subject.into()],
             )
             .await?;
         }
@@ -1061,30 +1110,80 @@ impl MetaTx for SqlTx {
         all(rows, blob_record)
     }
 
-    async fn blob_at(&mut self, location: &str) -> Result<Option<BlobRecord>, MetaError> {
+    async fn blob_at(
+        &mut self,
+        tier: Tier,
+        location: &str,
+    ) -> Result<Option<BlobRecord>, MetaError> {
         let rows = self
             .tx
             .fetch(
-                "SELECT * FROM blobs WHERE location = ?1",
-                &[location.into()],
+                "SELECT * FROM blobs WHERE location = ?1 AND tier = ?2",
+                &[location.into(), tier.as_str().into()],
             )
             .await?;
         first(rows, blob_record)
     }
 
+    async fn hot_packages_before(
+        &mut self,
+        classes: &[(String, Timestamp)],
+        limit: u32,
+    ) -> Result<Vec<PackageRecord>, MetaError> {
+        if classes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut args = Vec::new();
+        let due = due_condition("p", classes, &mut args);
+        args.push(i64::from(limit).into());
+        let sql = format!(
+            "{PACKAGE_SELECT} WHERE p.tier = 'hot' AND r.deleted_seq IS NULL AND ({due}) \
+             ORDER BY p.created_at LIMIT ?{}",
+            args.len()
+        );
+        all(self.tx.fetch(&sql, &args).await?, package_record)
+    }
+
+    async fn blobs_leaving_hot(
+        &mut self,
+        package_id: &str,
+        classes: &[(String, Timestamp)],
+    ) -> Result<Vec<BlobRecord>, MetaError> {
+        let mut args: Vec<Arg> = vec![package_id.into()];
+        let due = due_condition("q", classes, &mut args);
+        // Another live, hot package that is not due keeps a blob hot, by a
+        // file or by its manifest.
+        let keeps = format!(
+            "SELECT 1 FROM packages q JOIN retention_state rq ON rq.package_id = q.id \
+             WHERE q.id <> ?1 AND q.tier = 'hot' AND rq.deleted_seq IS NULL AND NOT ({due})"
+        );
+        let sql = format!(
+            "SELECT b.* FROM blobs b WHERE b.tier = 'hot' AND b.sha256 IN \
+             (SELECT f.sha256 FROM package_files f WHERE f.package_id = ?1 \
+              UNION SELECT p.manifest_sha256 FROM packages p WHERE p.id = ?1) \
+             AND NOT EXISTS ({keeps} AND EXISTS (SELECT 1 FROM package_files g \
+                 WHERE g.package_id = q.id AND g.sha256 = b.sha256)) \
+             AND NOT EXISTS ({keeps} AND q.manifest_sha256 = b.sha256) \
+             ORDER BY b.sha256"
+        );
+        all(self.tx.fetch(&sql, &args).await?, blob_record)
+    }
+
     async fn known_locations(
         &mut self,
+        tier: Tier,
         locations: &[String],
     ) -> Result<HashSet<String>, MetaError> {
         if locations.is_empty() {
             return Ok(HashSet::new());
         }
-        let marks: Vec<String> = (1..=locations.len()).map(|i| format!("?{i}")).collect();
+        let marks: Vec<String> = (2..=locations.len() + 1).map(|i| format!("?{i}")).collect();
         let sql = format!(
-            "SELECT location FROM blobs WHERE location IN ({})",
+            "SELECT location FROM blobs WHERE tier = ?1 AND location IN ({})",
             marks.join(", ")
         );
-        let args: Vec<Arg> = locations.iter().map(Arg::from).collect();
+        let mut args: Vec<Arg> = vec![tier.as_str().into()];
+        args.extend(locations.iter().map(Arg::from));
         let rows = self.tx.fetch(&sql, &args).await?;
         rows.iter().map(|r| r.text("location")).collect()
     }

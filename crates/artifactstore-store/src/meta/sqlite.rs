@@ -31,6 +31,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         4,
         include_str!("../../migrations/sqlite/0004_collection.sql"),
     ),
+    (5, include_str!("../../migrations/sqlite/0005_tiers.sql")),
 ];
 
 const READERS: u32 = 8;
