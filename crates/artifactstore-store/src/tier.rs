@@ -8,8 +8,8 @@
 //! (that package's own move takes it later). A move is three steps, safe
 //! against a crash between any two:
 //!
-//! 1. The bytes are copied to the cold backend (read verified from the hot
-//!    one) under a fresh staging name. A crash leaves cold bytes no row
+//! 1. The bytes are copied to the cold backend under a fresh staging name,
+//!    and both digests are checked on the way. A crash leaves cold bytes no row
 //!    names: the collector's orphan scan of the cold tier removes them.
 //! 2. Under the write lock the move is checked again (the package still live
 //!    and hot, each blob still hot where it was read, still leaving) and
@@ -162,13 +162,14 @@ impl Store {
         Ok(true)
     }
 
-    /// Copies a hot blob's bytes (read verified) to `cold`; returns their
-    /// location there.
+    /// Copies a hot blob's bytes to `cold`, hashing both digests on the way
+    /// (the one pass that verifies them and gives the staging writer its
+    /// digest state); returns their location there.
     async fn copy_to(&self, cold: &Arc<dyn BlobBackend>, record: &BlobRecord) -> Result<String> {
         let id = self.new_id();
         cold.staging_create(&id, StagingKind::Request).await?;
         let copied = async {
-            let mut bytes = self.read_blob(record, None).await?;
+            let mut bytes = self.blobs.read(&record.location, None).await?;
             let mut hashing = HashState::new().start();
             let mut w = cold.staging_append(&id).await?;
             let streamed: Result<()> = async {
@@ -198,7 +199,13 @@ impl Store {
                 }
                 (Ok(()), Ok(_)) => {
                     let _ = w.abort().await;
-                    Err(StoreError::CorruptBlob(record.blob.sha256_digest()))
+                    let digest = record.blob.sha256_digest();
+                    tracing::error!(blob = %digest, location = %record.location,
+                        "stored bytes do not match the blob's digest; not moved to the cold tier");
+                    self.stats
+                        .corrupt_reads
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Err(StoreError::CorruptBlob(digest))
                 }
             }
         }

@@ -201,6 +201,37 @@ async fn packages_move_to_the_cold_tier_with_age(pair: TestPair) {
     assert!(v.is_ok(), "{:?}", v.findings);
 }
 
+/// Bytes that no longer match their digest are not carried to the cold
+/// tier: the run fails, the package stays hot, and nothing is left cold.
+async fn a_corrupt_hot_blob_is_not_moved(pair: TestPair) {
+    let clock = Arc::new(ManualClock::new(T0.parse().unwrap()));
+    let store = pair.open_tiered(options(clock.clone())).await;
+    let data = pattern(70_000, 9);
+    let blob = upload(&store, &data).await;
+    let p = store
+        .create_package(&manifest("t/bad", &[("f", &data)]), "quick", "ci")
+        .await
+        .unwrap();
+    let mut damaged = data.clone();
+    damaged[12_345] ^= 0x10;
+    let (_, location) = tier_of(&store, &blob).await;
+    pair.overwrite_blob(&location, damaged).await;
+    clock.advance(Duration::from_secs(120));
+    let err = store.tier_run().await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::CorruptBlob(d) if d == blob.sha256_digest()),
+        "{err:?}"
+    );
+    assert_eq!(store.package(&p.id).await.unwrap().tier, Tier::Hot);
+    assert_eq!(tier_of(&store, &blob).await.0, Tier::Hot);
+    let cold = store.cold_backend().unwrap();
+    assert!(
+        cold.list_after("", 10).await.unwrap().is_empty(),
+        "nothing left cold"
+    );
+    assert!(cold.staging_list().await.unwrap().is_empty());
+}
+
 async fn without_a_cold_tier_a_run_is_refused(pair: TestPair) {
     let clock = Arc::new(ManualClock::new(T0.parse().unwrap()));
     let store = pair.open(options(clock)).await;
@@ -211,5 +242,6 @@ async fn without_a_cold_tier_a_run_is_refused(pair: TestPair) {
 
 artifactstore_store::on_both_pairs!(
     packages_move_to_the_cold_tier_with_age,
+    a_corrupt_hot_blob_is_not_moved,
     without_a_cold_tier_a_run_is_refused,
 );

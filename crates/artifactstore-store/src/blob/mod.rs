@@ -8,8 +8,10 @@
 //! monolithic `PUT /blobs` is one append followed by a commit.
 //!
 //! Deletion is two-phase so that it can be decided in one metadata
-//! transaction: the collector *trashes* a blob (moves it out of readers' and
-//! committers' way) inside the transaction that deletes its row, and
+//! transaction: the collector *trashes* a blob (sets it aside, so that a
+//! later commit of the same bytes is unaffected: the filesystem moves it,
+//! S3, whose keys are never reused, marks it) inside the transaction that
+//! deletes its row, and
 //! *purges* it after the commit. A trashed blob whose row is still there
 //! after a crash is *restored*. Each trashed object carries the `stored_seq`
 //! of the row it belonged to, so a later row for the same bytes is never
