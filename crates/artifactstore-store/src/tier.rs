@@ -8,11 +8,12 @@
 //! (that package's own move takes it later). A move is three steps, safe
 //! against a crash between any two:
 //!
-//! 1. The bytes are copied to the cold backend under a fresh staging name,
-//!    and both digests are checked on the way. A crash leaves cold bytes no row
-//!    names: the collector's orphan scan of the cold tier removes them.
+//! 1. The bytes are copied to the same location in the cold backend, read
+//!    verified from the hot one. A crash leaves cold bytes no row names:
+//!    the collector's orphan scan of the cold tier removes them.
 //! 2. Under the write lock the move is checked again (the package still live
-//!    and hot, each blob still hot where it was read, still leaving) and
+//!    and hot, each blob still hot where it was read, still leaving, its
+//!    cold copy still there: that orphan scan may have taken it) and
 //!    `v1.package.tier_changed` commits with the rows' new tier and
 //!    location.
 //! 3. The hot copies are deleted. A crash leaves hot bytes no hot row names:
@@ -25,13 +26,11 @@ use std::sync::Arc;
 
 use artifactstore_core::Timestamp;
 use artifactstore_core::event::{EventData, MovedBlob};
-use futures::StreamExt;
 
-use crate::blob::{BlobBackend, StagingKind};
+use crate::blob::BlobBackend;
 use crate::engine::Store;
 use crate::error::{Result, StoreError};
 use crate::gc::before;
-use crate::hashing::HashState;
 use crate::meta::{BlobRecord, PackageRecord, Tier};
 
 /// Packages looked at per round.
@@ -125,13 +124,22 @@ impl Store {
         }
         let leaving_now = tx.blobs_leaving_hot(&package.id, classes).await?;
         let (mut moved, mut stale, mut left) = (Vec::new(), Vec::new(), Vec::new());
-        for (record, location) in copies {
-            if leaving_now.contains(&record) {
-                left.push(record.location.clone());
-                moved.push((record, location));
-            } else {
-                stale.push(location);
+        for (record, location) in &copies {
+            if !leaving_now.contains(record) {
+                stale.push(location.clone());
+                continue;
             }
+            // The collector removes cold bytes that no cold row names, under
+            // this same lock: whatever is still there now stays until the
+            // commit makes a row name it. A copy it took already means this
+            // package waits for the next run.
+            if cold.stat(location).await? != Some(record.blob.size) {
+                drop(tx);
+                self.drop_copies(cold, copies.iter().map(|(_, l)| l)).await;
+                return Ok(false);
+            }
+            left.push(record.location.clone());
+            moved.push((record.clone(), location.clone()));
         }
         let data = EventData::PackageTierChanged {
             tier: Tier::Cold.as_str().to_owned(),
@@ -162,58 +170,13 @@ impl Store {
         Ok(true)
     }
 
-    /// Copies a hot blob's bytes to `cold`, hashing both digests on the way
-    /// (the one pass that verifies them and gives the staging writer its
-    /// digest state); returns their location there.
+    /// Copies a hot blob's bytes to the same location in `cold`, read
+    /// verified (a corrupt blob fails before its copy is complete); returns
+    /// that location.
     async fn copy_to(&self, cold: &Arc<dyn BlobBackend>, record: &BlobRecord) -> Result<String> {
-        let id = self.new_id();
-        cold.staging_create(&id, StagingKind::Request).await?;
-        let copied = async {
-            let mut bytes = self.blobs.read(&record.location, None).await?;
-            let mut hashing = HashState::new().start();
-            let mut w = cold.staging_append(&id).await?;
-            let streamed: Result<()> = async {
-                while let Some(chunk) = bytes.next().await {
-                    let chunk = chunk.map_err(|source| crate::blob::BlobError::Io {
-                        context: format!("reading {}", record.location),
-                        source,
-                    })?;
-                    hashing
-                        .feed(chunk.clone())
-                        .await
-                        .map_err(crate::engine::hasher_failed)?;
-                    w.write(chunk).await?;
-                }
-                Ok(())
-            }
-            .await;
-            let hashed = hashing.stop().await.map_err(crate::engine::hasher_failed);
-            match (streamed, hashed) {
-                (Ok(()), Ok(state)) if state.finish() == record.blob => {
-                    w.finish(&state).await?;
-                    Ok(cold.staging_commit(&id, &record.blob).await?)
-                }
-                (Err(e), _) | (_, Err(e)) => {
-                    let _ = w.abort().await;
-                    Err(e)
-                }
-                (Ok(()), Ok(_)) => {
-                    let _ = w.abort().await;
-                    let digest = record.blob.sha256_digest();
-                    tracing::error!(blob = %digest, location = %record.location,
-                        "stored bytes do not match the blob's digest; not moved to the cold tier");
-                    self.stats
-                        .corrupt_reads
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    Err(StoreError::CorruptBlob(digest))
-                }
-            }
-        }
-        .await;
-        if let Err(e) = cold.staging_delete(&id).await {
-            tracing::warn!(staging = %id, error = %e, "could not discard a tier move's staging");
-        }
-        copied
+        let bytes = self.read_blob(record, None).await?;
+        cold.put_at(&record.location, &record.blob, bytes).await?;
+        Ok(record.location.clone())
     }
 
     async fn drop_copies<'a>(

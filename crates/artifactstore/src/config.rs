@@ -230,13 +230,10 @@ impl Settings {
             .parse()
             .with_context(|| format!("listen address {listen_text:?} is not host:port"))?;
         let (blobs, presign_downloads) = blobs_config(file.blobs)?;
-        if let Some(url) = &file.metadata.url {
-            let known = ["sqlite:", "postgres://", "postgresql://"];
-            if !known.iter().any(|k| url.starts_with(k)) {
-                bail!(
-                    "metadata url {url:?} is not supported (supported: sqlite://…, postgres://…)"
-                );
-            }
+        if let Some(url) = &file.metadata.url
+            && !artifactstore_store::meta::is_supported_url(url)
+        {
+            bail!("metadata url {url:?} is not supported (supported: sqlite://…, postgres://…)");
         }
         let mut limits = Limits::default();
         if let Some(ByteSize(n)) = file.limits.max_blob_size {

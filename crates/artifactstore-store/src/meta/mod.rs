@@ -38,9 +38,18 @@ pub enum MetaError {
     },
 }
 
+/// Whether `url` names a metadata backend this build has.
+pub fn is_supported_url(url: &str) -> bool {
+    is_postgres_url(url) || url.starts_with("sqlite:")
+}
+
+fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
 /// Opens the metadata store a url names: `sqlite://…` or `postgres://…`.
 pub async fn open(url: &str) -> Result<sql::SqlMetadata, MetaError> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    if is_postgres_url(url) {
         postgres::open(url).await
     } else if url.starts_with("sqlite:") {
         sqlite::open(url).await
