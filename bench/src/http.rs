@@ -1,0 +1,177 @@
+//! The client side of every scenario, the same code against both servers:
+//! bodies stream from files, downloads are counted and dropped.
+
+use std::path::Path;
+
+use anyhow::{Context, bail, ensure};
+use bytes::Bytes;
+use futures::TryStreamExt as _;
+use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RANGE};
+use reqwest::{Body, Client, Response, StatusCode};
+use tokio::io::AsyncReadExt as _;
+
+/// A file as a streaming request body with its length.
+async fn file_body(path: &Path) -> anyhow::Result<(Body, u64)> {
+    let file = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("opening {}", path.display()))?;
+    let len = file.metadata().await?.len();
+    let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
+    Ok((Body::wrap_stream(stream), len))
+}
+
+async fn expect(response: Response, want: &[StatusCode], what: &str) -> anyhow::Result<Response> {
+    let status = response.status();
+    if want.contains(&status) {
+        return Ok(response);
+    }
+    let body = response.text().await.unwrap_or_default();
+    bail!(
+        "{what}: {status}: {}",
+        body.chars().take(300).collect::<String>()
+    )
+}
+
+/// Resolves a `Location` header against the server it came from.
+fn location(response: &Response, base: &str) -> anyhow::Result<String> {
+    let value = response
+        .headers()
+        .get(LOCATION)
+        .context("no Location header")?
+        .to_str()?;
+    Ok(if value.starts_with("http") {
+        value.to_owned()
+    } else {
+        format!("{base}{value}")
+    })
+}
+
+/// Ours: `PUT /blobs/sha256:<hex>` with the file as the body.
+pub(crate) async fn put_file(c: &Client, base: &str, path: &Path, sha: &str) -> anyhow::Result<()> {
+    let (body, len) = file_body(path).await?;
+    let r = c
+        .put(format!("{base}/blobs/sha256:{sha}"))
+        .header(CONTENT_LENGTH, len)
+        .body(body)
+        .send()
+        .await?;
+    expect(r, &[StatusCode::CREATED, StatusCode::OK], "PUT /blobs").await?;
+    Ok(())
+}
+
+/// Ours: a small blob in one `PUT`.
+pub(crate) async fn put_bytes(
+    c: &Client,
+    base: &str,
+    bytes: Bytes,
+    sha: &str,
+) -> anyhow::Result<()> {
+    let r = c
+        .put(format!("{base}/blobs/sha256:{sha}"))
+        .body(bytes)
+        .send()
+        .await?;
+    expect(r, &[StatusCode::CREATED, StatusCode::OK], "PUT /blobs").await?;
+    Ok(())
+}
+
+/// Ours: an upload session, `chunk` bytes per `PATCH`, then `PUT ?digest=`.
+pub(crate) async fn session_upload(
+    c: &Client,
+    base: &str,
+    path: &Path,
+    sha: &str,
+    chunk: usize,
+) -> anyhow::Result<()> {
+    let r = c.post(format!("{base}/uploads")).send().await?;
+    let r = expect(r, &[StatusCode::ACCEPTED], "POST /uploads").await?;
+    let url = location(&r, base)?;
+    let mut file = tokio::fs::File::open(path).await?;
+    let mut offset = 0u64;
+    loop {
+        let mut buf = Vec::with_capacity(chunk);
+        (&mut file).take(chunk as u64).read_to_end(&mut buf).await?;
+        if buf.is_empty() {
+            break;
+        }
+        let n = buf.len() as u64;
+        let r = c
+            .patch(&url)
+            .header("Upload-Offset", offset)
+            .body(buf)
+            .send()
+            .await?;
+        expect(
+            r,
+            &[StatusCode::NO_CONTENT, StatusCode::ACCEPTED, StatusCode::OK],
+            "PATCH",
+        )
+        .await?;
+        offset += n;
+    }
+    let r = c.put(format!("{url}?digest=sha256:{sha}")).send().await?;
+    expect(r, &[StatusCode::CREATED], "finishing the upload").await?;
+    Ok(())
+}
+
+/// The registry: a monolithic upload, `POST` for a session then `PUT
+/// ?digest=` with the whole body.
+pub(crate) async fn registry_put(
+    c: &Client,
+    base: &str,
+    repo: &str,
+    body: Body,
+    len: u64,
+    sha: &str,
+) -> anyhow::Result<()> {
+    let r = c
+        .post(format!("{base}/v2/{repo}/blobs/uploads/"))
+        .header(CONTENT_LENGTH, 0)
+        .send()
+        .await?;
+    let r = expect(r, &[StatusCode::ACCEPTED], "registry POST uploads").await?;
+    let url = location(&r, base)?;
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let r = c
+        .put(format!("{url}{sep}digest=sha256:{sha}"))
+        .header(CONTENT_LENGTH, len)
+        .header(CONTENT_TYPE, "application/octet-stream")
+        .body(body)
+        .send()
+        .await?;
+    expect(r, &[StatusCode::CREATED], "registry PUT ?digest=").await?;
+    Ok(())
+}
+
+pub(crate) async fn registry_put_file(
+    c: &Client,
+    base: &str,
+    repo: &str,
+    path: &Path,
+    sha: &str,
+) -> anyhow::Result<()> {
+    let (body, len) = file_body(path).await?;
+    registry_put(c, base, repo, body, len, sha).await
+}
+
+/// GETs `url` (a byte range of it, if given), drops the bytes and checks
+/// their count.
+pub(crate) async fn get_count(
+    c: &Client,
+    url: &str,
+    range: Option<(u64, u64)>,
+    want: u64,
+) -> anyhow::Result<()> {
+    let mut request = c.get(url);
+    if let Some((start, len)) = range {
+        request = request.header(RANGE, format!("bytes={start}-{}", start + len - 1));
+    }
+    let r = request.send().await?;
+    let r = expect(r, &[StatusCode::OK, StatusCode::PARTIAL_CONTENT], "GET").await?;
+    let got = r
+        .bytes_stream()
+        .try_fold(0u64, |n, chunk| async move { Ok(n + chunk.len() as u64) })
+        .await?;
+    ensure!(got == want, "GET {url}: {got} bytes, expected {want}");
+    Ok(())
+}
