@@ -835,11 +835,21 @@ async fn collection_views(m: &dyn MetadataStore) {
         .append(next("pkg-1", t(300), deleted(0)), None)
         .await
         .expect("deleted");
+    tx.commit().await.expect("commit");
+    // A failed write leaves nothing behind: its transaction refuses to go
+    // on or to commit, and rolls back when dropped.
+    let mut tx = m.begin().await.expect("begin");
     let err = tx
         .append(next("pkg-1", t(301), deleted(0)), None)
         .await
         .expect_err("twice");
     assert!(matches!(err, MetaError::Corrupt(_)), "{err:?}");
+    tx.append(next("pkg-2", t(302), eligible(302)), None)
+        .await
+        .expect_err("a write after a failed one");
+    tx.commit().await.expect_err("commit after a failed write");
+    assert_eq!(m.head().await.expect("head").0, e.seq(), "nothing appended");
+    let mut tx = m.begin().await.expect("begin");
     tx.append(next("pkg-2", t(302), eligible(302)), None)
         .await
         .expect("eligible");
@@ -867,6 +877,28 @@ async fn collection_views(m: &dyn MetadataStore) {
         Some(loose)
     );
     assert!(tx.blob_at(Tier::Hot, "l-none").await.expect("q").is_none());
+    let mut found: Vec<BlobId> = tx
+        .blobs_by_sha256(&[xml.sha256, [7; 32], one.sha256])
+        .await
+        .expect("q")
+        .into_iter()
+        .map(|r| r.blob)
+        .collect();
+    found.sort_by_key(|b| b.sha256);
+    let mut want = vec![one, xml];
+    want.sort_by_key(|b| b.sha256);
+    assert_eq!(found, want, "the stored ones among those asked");
+    let many: Vec<[u8; 32]> = (0..1200u32)
+        .map(|i| BlobId::of(&i.to_be_bytes()).sha256)
+        .chain([loose.sha256])
+        .collect();
+    for found in [
+        m.blobs_by_sha256(&many).await.expect("q"),
+        tx.blobs_by_sha256(&many).await.expect("q"),
+    ] {
+        let found: Vec<BlobId> = found.into_iter().map(|r| r.blob).collect();
+        assert_eq!(found, [loose], "more digests than one statement takes");
+    }
     let asked = [
         "l-one".to_owned(),
         "l-none".to_owned(),
@@ -896,6 +928,8 @@ async fn collection_views(m: &dyn MetadataStore) {
     .await
     .expect("blob deleted");
     assert!(tx.blob_at(Tier::Hot, "l-loose").await.expect("q").is_none());
+    tx.commit().await.expect("commit");
+    let mut tx = m.begin().await.expect("begin");
     let err = tx
         .append(
             next("x", t(401), EventData::BlobDeleted { blob: loose }),
@@ -904,7 +938,7 @@ async fn collection_views(m: &dyn MetadataStore) {
         .await
         .expect_err("a blob that is not stored");
     assert!(matches!(err, MetaError::Corrupt(_)), "{err:?}");
-    tx.commit().await.expect("commit");
+    drop(tx);
 
     let p = m.package("pkg-1").await.expect("package").expect("row");
     let d = p.retention.deleted.expect("deleted");

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
+use artifactstore_core::event::Hash;
 use artifactstore_core::event::{EventData, EventDraft};
 use artifactstore_core::manifest::Manifest;
 use artifactstore_core::retention::{ClassRule, shipped_classes};
@@ -439,11 +440,7 @@ impl Store {
                 known: self.classes.keys().cloned().collect(),
             })?;
         let refs = References::of(manifest);
-        let mut found = Vec::with_capacity(refs.wanted.len());
-        for d in refs.digests() {
-            found.push(self.meta.blob(&d).await?);
-        }
-        refs.verdict(&found)?;
+        refs.verdict(&self.meta.blobs_by_sha256(&refs.sha256()).await?)?;
 
         let bytes = Bytes::from(manifest.to_canonical_bytes());
         let manifest_id = BlobId::of(&bytes);
@@ -526,11 +523,7 @@ impl Store {
             drop(tx);
             *staged = Some(self.stage_bytes(bytes.clone(), manifest_id).await?);
         };
-        let mut found = Vec::with_capacity(refs.wanted.len());
-        for d in refs.digests() {
-            found.push(tx.blob(&d).await?);
-        }
-        refs.verdict(&found)?;
+        refs.verdict(&tx.blobs_by_sha256(&refs.sha256()).await?)?;
         let id = self.new_id();
         let created = self.draft(
             &id,
@@ -1058,16 +1051,18 @@ impl<'a> References<'a> {
         }
     }
 
-    fn digests(&self) -> impl Iterator<Item = Digest> + '_ {
-        self.wanted.iter().map(|(b, _)| b.sha256_digest())
+    fn sha256(&self) -> Vec<Hash> {
+        self.wanted.iter().map(|(b, _)| b.sha256).collect()
     }
 
-    /// `found[i]` is what the lookup of the i-th digest returned.
-    fn verdict(&self, found: &[Option<BlobRecord>]) -> Result<()> {
+    /// `found` holds the stored rows among the wanted SHA-256 digests.
+    fn verdict(&self, found: &[BlobRecord]) -> Result<()> {
+        let found: HashMap<&Hash, &BlobRecord> =
+            found.iter().map(|r| (&r.blob.sha256, r)).collect();
         let mut missing = Vec::new();
         let mut mismatched = self.inconsistent.clone();
-        for ((blob, path), record) in self.wanted.iter().zip(found) {
-            match record {
+        for (blob, path) in &self.wanted {
+            match found.get(&blob.sha256) {
                 None => missing.push(blob.sha256_digest()),
                 Some(r) if r.blob != *blob => mismatched.push((*path).to_owned()),
                 Some(_) => {}

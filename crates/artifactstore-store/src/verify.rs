@@ -1,7 +1,10 @@
 //! `verify` and `views rebuild`: checking the store against its log, and
 //! deriving the views from the log again.
 
+use std::collections::HashMap;
 use std::fmt;
+
+use futures::{StreamExt as _, TryStreamExt as _};
 
 use artifactstore_core::event::{ChainError, ChainVerifier, Event, EventData, Hash};
 use artifactstore_core::manifest::Manifest;
@@ -13,6 +16,8 @@ use crate::meta::BlobRecord;
 use crate::meta::{MetaError, MetaTx, MetadataStore};
 
 const PAGE: u32 = 1000;
+/// Manifests a rebuild reads at once.
+const PREFETCH: usize = 16;
 
 /// One thing `verify` found wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,10 +249,23 @@ impl Store {
             (Some(r), _) => Some(r),
             (None, Some(tx)) => tx.blob(&digest).await?,
             (None, None) => None,
-        }
-        .ok_or_else(|| {
+        };
+        self.read_manifest(event, manifest_blake3, record.as_ref())
+            .await
+            .map(Some)
+    }
+
+    /// The manifest a `v1.package.created` event names, from its blob row
+    /// (`None`: not stored), checked against both digests.
+    async fn read_manifest(
+        &self,
+        event: &Event,
+        manifest_blake3: &Hash,
+        record: Option<&BlobRecord>,
+    ) -> Result<Manifest> {
+        let record = record.ok_or_else(|| {
             StoreError::Meta(MetaError::Corrupt(format!(
-                "package {} names manifest {digest}, which is not stored",
+                "package {} names a manifest that is not stored",
                 event.subject()
             )))
         })?;
@@ -257,8 +275,65 @@ impl Store {
                 event.subject()
             ))));
         }
-        let bytes = self.read_verified(&record).await?;
-        Ok(Some(Manifest::decode(&bytes)?))
+        let bytes = self.read_verified(record).await?;
+        Ok(Manifest::decode(&bytes)?)
+    }
+
+    /// [`Store::manifest_of`] for a page of events at once, in their order:
+    /// the blob rows in one lookup (through `tx` for those the committed
+    /// views lack), the bytes [`PREFETCH`] at a time. A rebuild is bound by
+    /// round trips, not by work: one at a time, each manifest cost a lookup
+    /// and several file-system calls in turn.
+    async fn manifests_of_page(
+        &self,
+        events: &[Event],
+        tx: &mut Box<dyn MetaTx>,
+    ) -> Result<Vec<Option<Manifest>>> {
+        let wanted: Vec<Hash> = events
+            .iter()
+            .filter_map(|e| match e.data() {
+                EventData::PackageCreated {
+                    manifest_sha256, ..
+                } => Some(*manifest_sha256),
+                _ => None,
+            })
+            .collect();
+        let mut rows: HashMap<Hash, BlobRecord> = self
+            .meta
+            .blobs_by_sha256(&wanted)
+            .await?
+            .into_iter()
+            .map(|r| (r.blob.sha256, r))
+            .collect();
+        let absent: Vec<Hash> = wanted
+            .into_iter()
+            .filter(|h| !rows.contains_key(h))
+            .collect();
+        if !absent.is_empty() {
+            rows.extend(
+                tx.blobs_by_sha256(&absent)
+                    .await?
+                    .into_iter()
+                    .map(|r| (r.blob.sha256, r)),
+            );
+        }
+        let rows = &rows;
+        futures::stream::iter(events.iter().map(|event| async move {
+            match event.data() {
+                EventData::PackageCreated {
+                    manifest_sha256,
+                    manifest_blake3,
+                    ..
+                } => self
+                    .read_manifest(event, manifest_blake3, rows.get(manifest_sha256))
+                    .await
+                    .map(Some),
+                _ => Ok(None),
+            }
+        }))
+        .buffered(PREFETCH)
+        .try_collect()
+        .await
     }
 
     /// Empties the views and applies every event of the log again, in one
@@ -274,11 +349,14 @@ impl Store {
             if page.is_empty() {
                 break;
             }
-            for e in page {
-                let event = chain.check(e.seq, &e.bytes, &e.hash)?;
-                let manifest = self.manifest_of(&event, &*self.meta, Some(&mut tx)).await?;
-                tx.replay(&event, manifest.as_ref()).await?;
-                after = e.seq;
+            let events = page
+                .iter()
+                .map(|e| chain.check(e.seq, &e.bytes, &e.hash))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let manifests = self.manifests_of_page(&events, &mut tx).await?;
+            for (event, manifest) in events.iter().zip(&manifests) {
+                tx.replay(event, manifest.as_ref()).await?;
+                after = event.seq();
             }
         }
         // Nobody can append while this transaction holds the write lock, so

@@ -212,21 +212,6 @@ async fn upload(
     }
 }
 
-/// Whether the server already has a blob (retrying transport errors).
-async fn has_blob(client: &Client, blob: &BlobId) -> anyhow::Result<bool> {
-    let mut attempt = 0;
-    loop {
-        match client.head_blob(&blob.sha256_digest()).await {
-            Ok(found) => return Ok(found == Some(*blob)),
-            Err(e) if retryable(&e) && attempt + 1 < ATTEMPTS => {
-                attempt += 1;
-                backoff(attempt).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
 pub(crate) struct PushOptions {
     pub(crate) name: String,
     pub(crate) class: String,
@@ -255,34 +240,11 @@ pub(crate) async fn push(client: &Client, dir: &Path, o: PushOptions) -> anyhow:
     .await?;
     hashing.finish_and_clear();
 
-    // Each distinct blob once; ask the server which it lacks.
+    // Each distinct blob once.
     let mut distinct: BTreeMap<[u8; 32], &Local> = BTreeMap::new();
     for l in &locals {
         distinct.entry(l.blob.sha256).or_insert(l);
     }
-    let present: Vec<bool> =
-        futures::stream::iter(distinct.values().map(|l| has_blob(client, &l.blob)))
-            .buffered(o.jobs * 4)
-            .try_collect()
-            .await?;
-    let missing: Vec<&Local> = distinct
-        .values()
-        .zip(&present)
-        .filter(|(_, p)| !**p)
-        .map(|(l, _)| *l)
-        .collect();
-    let upload_bytes: u64 = missing.iter().map(|l| l.blob.size).sum();
-    let uploading = bar(upload_bytes, "uploading");
-    futures::stream::iter(
-        missing
-            .iter()
-            .map(|l| upload(client, l, o.chunk_size, &uploading)),
-    )
-    .buffer_unordered(o.jobs)
-    .try_collect::<Vec<()>>()
-    .await?;
-    uploading.finish_and_clear();
-
     let entries = locals
         .iter()
         .map(|l| FileEntry {
@@ -291,8 +253,8 @@ pub(crate) async fn push(client: &Client, dir: &Path, o: PushOptions) -> anyhow:
             media_type: None,
         })
         .collect();
-    let manifest = Manifest::new(o.name, entries, BTreeMap::new())?;
-    let package = create_reuploading(client, &manifest, &o.class, &distinct, o.chunk_size).await?;
+    let manifest = Manifest::new(o.name.clone(), entries, BTreeMap::new())?;
+    let (package, uploaded) = create_uploading(client, &manifest, &o, &distinct).await?;
     let id = package["id"]
         .as_str()
         .context("the server's answer has no package id")?;
@@ -301,46 +263,65 @@ pub(crate) async fn push(client: &Client, dir: &Path, o: PushOptions) -> anyhow:
             "{} files, {} blobs: {} uploaded ({} bytes), {} already stored",
             locals.len(),
             distinct.len(),
-            missing.len(),
-            upload_bytes,
-            distinct.len() - missing.len()
+            uploaded.0,
+            uploaded.1,
+            distinct.len() - uploaded.0
         );
     }
     out!("{id}")?;
     Ok(())
 }
 
-/// Creates the package; if the server answers that blobs are missing (the
-/// collector deleted unreferenced blobs between the check above and now),
-/// uploads them again and retries, a few times.
-async fn create_reuploading(
+/// Creates the package, uploading the blobs the server says it lacks.
+///
+/// The package is asked for first: its `422` names every missing blob in
+/// one answer, where asking blob by blob would cost a request per file
+/// (ten thousand for a tree of small files, and as many again for every
+/// push of an unchanged tree). After the uploads it is asked for again; if
+/// blobs are missing once more (the collector took unreferenced ones in
+/// between), they are uploaded again, a few times. Returns the package and
+/// how many blobs and bytes were uploaded.
+async fn create_uploading(
     client: &Client,
     manifest: &Manifest,
-    class: &str,
+    o: &PushOptions,
     distinct: &BTreeMap<[u8; 32], &Local>,
-    chunk_size: u64,
-) -> anyhow::Result<serde_json::Value> {
-    const ATTEMPTS: usize = 3;
+) -> anyhow::Result<(serde_json::Value, (usize, u64))> {
+    const ATTEMPTS: usize = 4;
+    let mut uploaded = (0, 0);
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let err = match client.create_package(manifest, class).await {
-            Ok(package) => return Ok(package),
+        let err = match client.create_package(manifest, &o.class).await {
+            Ok(package) => return Ok((package, uploaded)),
             Err(e) => e,
         };
-        let missing = match err.problem() {
+        let named = match err.problem() {
             Some(p) if p.code() == "missing-blobs" && attempt < ATTEMPTS => p.missing.clone(),
             _ => return Err(anyhow::Error::new(err).context("creating the package")),
         };
-        for text in missing {
+        let mut missing = Vec::with_capacity(named.len());
+        for text in named {
             let digest: artifactstore_core::Digest = text
                 .parse()
                 .map_err(|_| anyhow::anyhow!("the server named an invalid digest {text:?}"))?;
-            let local = distinct.get(digest.bytes()).with_context(|| {
+            let local = *distinct.get(digest.bytes()).with_context(|| {
                 format!("the server wants {text}, which this package does not name")
             })?;
-            upload(client, local, chunk_size, &ProgressBar::hidden()).await?;
+            missing.push(local);
         }
+        let bytes: u64 = missing.iter().map(|l| l.blob.size).sum();
+        let uploading = bar(bytes, "uploading");
+        futures::stream::iter(
+            missing
+                .iter()
+                .map(|l| upload(client, l, o.chunk_size, &uploading)),
+        )
+        .buffer_unordered(o.jobs)
+        .try_collect::<Vec<()>>()
+        .await?;
+        uploading.finish_and_clear();
+        uploaded = (uploaded.0 + missing.len(), uploaded.1 + bytes);
     }
 }
 

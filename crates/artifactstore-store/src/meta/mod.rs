@@ -215,6 +215,10 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Looks a blob up by either of its digests.
     async fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, MetaError>;
+    /// The rows of those of these SHA-256 digests that are stored, in no
+    /// particular order (a package names thousands of blobs: one lookup
+    /// each would be thousands of round trips).
+    async fn blobs_by_sha256(&self, sha256: &[Hash]) -> Result<Vec<BlobRecord>, MetaError>;
     /// Up to `limit` events with `seq > after`, in order.
     async fn events_after(&self, after: u64, limit: u32) -> Result<Vec<StoredEvent>, MetaError>;
     /// The seq and hash of the last event (0 and zeros for an empty log).
@@ -295,6 +299,8 @@ impl std::fmt::Debug for LeaderGuard {
 #[async_trait]
 pub trait MetaTx: Send {
     async fn blob(&mut self, digest: &Digest) -> Result<Option<BlobRecord>, MetaError>;
+    /// As [`MetadataStore::blobs_by_sha256`], under the write lock.
+    async fn blobs_by_sha256(&mut self, sha256: &[Hash]) -> Result<Vec<BlobRecord>, MetaError>;
     /// Appends an event and applies it to the views. `manifest` is the
     /// manifest a `v1.package.created` names (its files fill
     /// `package_files`); `None` for every other type.

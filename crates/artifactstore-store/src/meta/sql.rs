@@ -401,6 +401,39 @@ async fn find_blob(
     )
 }
 
+/// Digests per `IN (…)` lookup and rows per multi-row `INSERT`: far below
+/// both databases' limits on bound parameters.
+const BATCH_ROWS: usize = 500;
+
+/// `?1, ?2, …` for `n` parameters, in rows of `width` in parentheses when
+/// `width > 0`.
+fn placeholders(n: usize, width: usize) -> String {
+    let mark = |i: usize| format!("?{i}");
+    if width == 0 {
+        return (1..=n).map(mark).collect::<Vec<_>>().join(", ");
+    }
+    (0..n / width)
+        .map(|row| {
+            let cols: Vec<String> = (1..=width).map(|c| mark(row * width + c)).collect();
+            format!("({})", cols.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn find_blobs(conn: &mut dyn SqlConn, sha256: &[Hash]) -> Result<Vec<BlobRecord>, MetaError> {
+    let mut found = Vec::with_capacity(sha256.len());
+    for chunk in sha256.chunks(BATCH_ROWS) {
+        let sql = format!(
+            "SELECT * FROM blobs WHERE sha256 IN ({})",
+            placeholders(chunk.len(), 0)
+        );
+        let args: Vec<Arg> = chunk.iter().map(Arg::from).collect();
+        found.extend(all(conn.fetch(&sql, &args).await?, blob_record)?);
+    }
+    Ok(found)
+}
+
 async fn find_package(
     conn: &mut dyn SqlConn,
     id: &str,
@@ -486,7 +519,8 @@ const VIEWS: &[(&str, &str)] = &[
 ];
 
 /// Applies one event to the views. Appends and rebuilds both come here:
-/// this is where each event type's meaning for the views is defined.
+/// this is where each event type's meaning for the views is defined. The
+/// views' applied seq is recorded by the transaction, once, at commit.
 async fn apply(
     conn: &mut dyn SqlConn,
     event: &Event,
@@ -589,20 +623,24 @@ async fn apply(
                 ],
             )
             .await?;
-            for f in m.files() {
-                conn.execute(
-                    "INSERT INTO package_files (package_id, path, sha256, blake3, size, media_type) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    &[
+            for chunk in m.files().chunks(BATCH_ROWS / 6) {
+                let mut args: Vec<Arg> = Vec::with_capacity(chunk.len() * 6);
+                for f in chunk {
+                    args.extend([
                         subject.into(),
                         (&f.path).into(),
                         (&f.blob.sha256).into(),
                         (&f.blob.blake3).into(),
                         i64_of(f.blob.size)?.into(),
                         f.media_type.as_deref().into(),
-                    ],
-                )
-                .await?;
+                    ]);
+                }
+                let sql = format!(
+                    "INSERT INTO package_files (package_id, path, sha256, blake3, size, media_type) \
+                     VALUES {}",
+                    placeholders(args.len(), 6)
+                );
+                conn.execute(&sql, &args).await?;
             }
         }
         EventData::RetentionDefaultApplied { class, expires_at } => {
@@ -708,11 +746,6 @@ async fn apply(
             .await?;
         }
     }
-    conn.execute(
-        "UPDATE views_state SET applied_seq = ?1 WHERE id = 1",
-        &[seq.into()],
-    )
-    .await?;
     Ok(())
 }
 
@@ -722,12 +755,20 @@ const SESSION_COLUMNS: &str = "SELECT id, created_at, actor FROM upload_sessions
 impl MetadataStore for SqlMetadata {
     async fn begin(&self) -> Result<Box<dyn MetaTx>, MetaError> {
         Ok(Box::new(SqlTx {
+            head: None,
+            head_moved: false,
+            applied: None,
+            failed: false,
             tx: self.driver.begin_write().await?,
         }))
     }
 
     async fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, MetaError> {
         find_blob(&mut *self.driver.reader().await?, digest).await
+    }
+
+    async fn blobs_by_sha256(&self, sha256: &[Hash]) -> Result<Vec<BlobRecord>, MetaError> {
+        find_blobs(&mut *self.driver.reader().await?, sha256).await
     }
 
     async fn events_after(&self, after: u64, limit: u32) -> Result<Vec<StoredEvent>, MetaError> {
@@ -922,13 +963,31 @@ impl MetadataStore for SqlMetadata {
     }
 }
 
+/// A write transaction. It holds the write lock throughout, so the log's
+/// head is read once and then followed in memory; `log_head` and
+/// `views_state` are written once, at commit, not once per event (two
+/// statements less per event: statements are round trips, and they are
+/// what an append costs).
 struct SqlTx {
     tx: Box<dyn SqlTxConn>,
+    head: Option<(u64, Hash)>,
+    /// Whether events were written since the head was read.
+    head_moved: bool,
+    /// The last seq applied to the views, if any was.
+    applied: Option<u64>,
+    /// A write failed part-way: its statements may have left rows behind,
+    /// so nothing more is written and the transaction cannot commit (as a
+    /// PostgreSQL transaction is aborted by an error). Dropping it rolls
+    /// everything back.
+    failed: bool,
 }
 
 impl SqlTx {
     /// The seq and hash of the last event, read under the write lock.
     async fn head(&mut self) -> Result<(u64, Hash), MetaError> {
+        if let Some(head) = self.head {
+            return Ok(head);
+        }
         let rows = self
             .tx
             .fetch("SELECT seq, hash FROM log_head WHERE id = 1", &[])
@@ -936,7 +995,9 @@ impl SqlTx {
         let head = rows
             .first()
             .ok_or_else(|| MetaError::Corrupt("no log_head row".into()))?;
-        Ok((head.u64("seq")?, head.hash("hash")?))
+        let head = (head.u64("seq")?, head.hash("hash")?);
+        self.head = Some(head);
+        Ok(head)
     }
 
     /// Stores a sealed event as the new head and applies it to the views.
@@ -957,13 +1018,31 @@ impl SqlTx {
                 ],
             )
             .await?;
-        self.tx
-            .execute(
-                "UPDATE log_head SET seq = ?1, hash = ?2 WHERE id = 1",
-                &[seq.into(), event.hash().into()],
-            )
-            .await?;
-        apply(&mut *self.tx, event, manifest).await
+        self.apply(event, manifest).await?;
+        self.head = Some((event.seq(), *event.hash()));
+        self.head_moved = true;
+        Ok(())
+    }
+
+    async fn apply(&mut self, event: &Event, manifest: Option<&Manifest>) -> Result<(), MetaError> {
+        apply(&mut *self.tx, event, manifest).await?;
+        self.applied = Some(event.seq());
+        Ok(())
+    }
+
+    /// Runs one write, marking the transaction failed if it fails.
+    async fn guarded<T>(
+        &mut self,
+        write: impl AsyncFnOnce(&mut SqlTx) -> Result<T, MetaError>,
+    ) -> Result<T, MetaError> {
+        if self.failed {
+            return Err(MetaError::Corrupt(
+                "an earlier write of this transaction failed; it can only be rolled back".into(),
+            ));
+        }
+        let result = write(self).await;
+        self.failed = result.is_err();
+        result
     }
 }
 
@@ -973,15 +1052,22 @@ impl MetaTx for SqlTx {
         find_blob(&mut *self.tx, digest).await
     }
 
+    async fn blobs_by_sha256(&mut self, sha256: &[Hash]) -> Result<Vec<BlobRecord>, MetaError> {
+        find_blobs(&mut *self.tx, sha256).await
+    }
+
     async fn append(
         &mut self,
         draft: EventDraft,
         manifest: Option<&Manifest>,
     ) -> Result<Event, MetaError> {
-        let (seq, hash) = self.head().await?;
-        let event = draft.seal(seq + 1, hash);
-        self.write(&event, manifest).await?;
-        Ok(event)
+        self.guarded(async |tx: &mut SqlTx| {
+            let (seq, hash) = tx.head().await?;
+            let event = draft.seal(seq + 1, hash);
+            tx.write(&event, manifest).await?;
+            Ok(event)
+        })
+        .await
     }
 
     async fn import(
@@ -996,7 +1082,8 @@ impl MetaTx for SqlTx {
                 event.seq()
             )));
         }
-        self.write(event, manifest).await
+        self.guarded(async |tx: &mut SqlTx| tx.write(event, manifest).await)
+            .await
     }
 
     async fn events_after(
@@ -1053,7 +1140,8 @@ impl MetaTx for SqlTx {
         event: &Event,
         manifest: Option<&Manifest>,
     ) -> Result<(), MetaError> {
-        apply(&mut *self.tx, event, manifest).await
+        self.guarded(async |tx: &mut SqlTx| tx.apply(event, manifest).await)
+            .await
     }
 
     async fn session_delete(&mut self, id: &str) -> Result<(), MetaError> {
@@ -1188,7 +1276,28 @@ impl MetaTx for SqlTx {
         rows.iter().map(|r| r.text("location")).collect()
     }
 
-    async fn commit(self: Box<Self>) -> Result<(), MetaError> {
+    async fn commit(mut self: Box<Self>) -> Result<(), MetaError> {
+        if self.failed {
+            return Err(MetaError::Corrupt(
+                "an earlier write of this transaction failed; it was rolled back".into(),
+            ));
+        }
+        if let (Some((seq, hash)), true) = (self.head, self.head_moved) {
+            self.tx
+                .execute(
+                    "UPDATE log_head SET seq = ?1, hash = ?2 WHERE id = 1",
+                    &[i64_of(seq)?.into(), (&hash).into()],
+                )
+                .await?;
+        }
+        if let Some(seq) = self.applied {
+            self.tx
+                .execute(
+                    "UPDATE views_state SET applied_seq = ?1 WHERE id = 1",
+                    &[i64_of(seq)?.into()],
+                )
+                .await?;
+        }
         self.tx.commit().await
     }
 }
