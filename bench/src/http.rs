@@ -4,10 +4,11 @@
 use std::path::Path;
 
 use anyhow::{Context, bail, ensure};
-use bytes::Bytes;
-use futures::TryStreamExt as _;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt as _, TryStreamExt as _};
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RANGE};
-use reqwest::{Body, Client, Response, StatusCode};
+use reqwest::{Body, Client, RequestBuilder, Response, StatusCode};
 use tokio::io::AsyncReadExt as _;
 
 /// A file as a streaming request body with its length.
@@ -49,30 +50,53 @@ fn location(response: &Response, base: &str) -> anyhow::Result<String> {
 /// Ours: `PUT /blobs/sha256:<hex>` with the file as the body.
 pub(crate) async fn put_file(c: &Client, base: &str, path: &Path, sha: &str) -> anyhow::Result<()> {
     let (body, len) = file_body(path).await?;
-    let r = c
+    put_blob(c, base, body, len, sha).await
+}
+
+/// Ours: one blob in one `PUT`.
+pub(crate) async fn put_blob(
+    c: &Client,
+    base: &str,
+    body: Body,
+    len: u64,
+    sha: &str,
+) -> anyhow::Result<()> {
+    let request = c
         .put(format!("{base}/blobs/sha256:{sha}"))
         .header(CONTENT_LENGTH, len)
-        .body(body)
-        .send()
-        .await?;
-    expect(r, &[StatusCode::CREATED, StatusCode::OK], "PUT /blobs").await?;
+        .body(body);
+    send(
+        request,
+        &[StatusCode::CREATED, StatusCode::OK],
+        "PUT /blobs",
+    )
+    .await?;
     Ok(())
 }
 
-/// Ours: a small blob in one `PUT`.
-pub(crate) async fn put_bytes(
-    c: &Client,
-    base: &str,
-    bytes: Bytes,
-    sha: &str,
-) -> anyhow::Result<()> {
-    let r = c
-        .put(format!("{base}/blobs/sha256:{sha}"))
-        .body(bytes)
-        .send()
+/// Sends a request and checks the status of the answer.
+pub(crate) async fn send(
+    request: RequestBuilder,
+    want: &[StatusCode],
+    what: &str,
+) -> anyhow::Result<Response> {
+    expect(request.send().await?, want, what).await
+}
+
+/// Runs `requests`, `jobs` at a time; how long they took.
+pub(crate) async fn concurrently<F>(
+    jobs: usize,
+    requests: impl IntoIterator<Item = F>,
+) -> anyhow::Result<Duration>
+where
+    F: Future<Output = anyhow::Result<()>>,
+{
+    let t = Instant::now();
+    futures::stream::iter(requests)
+        .buffer_unordered(jobs)
+        .try_collect::<Vec<()>>()
         .await?;
-    expect(r, &[StatusCode::CREATED, StatusCode::OK], "PUT /blobs").await?;
-    Ok(())
+    Ok(t.elapsed())
 }
 
 /// Ours: an upload session, `chunk` bytes per `PATCH`, then `PUT ?digest=`.

@@ -16,7 +16,7 @@ use artifactstore_core::{BlobId, Timestamp};
 use artifactstore_store::meta::{MetadataStore as _, sql::SqlMetadata};
 use artifactstore_store::{Backends, BlobsConfig, Store, StoreOptions};
 use bytes::Bytes;
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::StreamExt as _;
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 
@@ -88,12 +88,14 @@ async fn creation(
     let c = &b.client;
     let base = &server.base;
     let blobs: Vec<(Bytes, BlobId)> = (0..n).map(small_blob).collect();
-    futures::stream::iter(blobs.iter().map(|(bytes, id)| {
-        let sha = hex::encode(id.sha256);
-        async move { http::put_bytes(c, base, bytes.clone(), &sha).await }
-    }))
-    .buffer_unordered(JOBS)
-    .try_collect::<Vec<()>>()
+    http::concurrently(
+        JOBS,
+        blobs.iter().map(|(bytes, id)| {
+            let sha = hex::encode(id.sha256);
+            let (body, len) = (bytes.clone().into(), bytes.len() as u64);
+            async move { http::put_blob(c, base, body, len, &sha).await }
+        }),
+    )
     .await?;
     let bodies: Vec<Vec<u8>> = blobs
         .iter()
@@ -114,25 +116,18 @@ async fn creation(
         .collect::<anyhow::Result<_>>()?;
 
     reset_peak(server.pid())?;
-    let t = Instant::now();
-    futures::stream::iter(bodies.into_iter().map(|body| async move {
-        let r = c
-            .post(format!("{base}/packages"))
-            .header(CONTENT_TYPE, "application/cbor")
-            .body(body)
-            .send()
-            .await?;
-        ensure!(
-            r.status() == StatusCode::CREATED,
-            "POST /packages: {}",
-            r.status()
-        );
-        Ok(())
-    }))
-    .buffer_unordered(JOBS)
-    .try_collect::<Vec<()>>()
+    let ours = http::concurrently(
+        JOBS,
+        bodies.into_iter().map(|body| async move {
+            let request = c
+                .post(format!("{base}/packages"))
+                .header(CONTENT_TYPE, "application/cbor")
+                .body(body);
+            http::send(request, &[StatusCode::CREATED], "POST /packages").await?;
+            Ok(())
+        }),
+    )
     .await?;
-    let ours = t.elapsed();
     let per_s = |d: Duration| Figure::rate(n as f64 / d.as_secs_f64(), "packages/s");
     table.push(Row {
         scenario: format!("package creation, {label}, {n}"),
@@ -168,13 +163,14 @@ async fn registry_manifests(b: &Bench, registry: &Registry) -> anyhow::Result<Du
     )
     .await?;
     let blobs: Vec<(Bytes, BlobId)> = (0..n).map(small_blob).collect();
-    futures::stream::iter(blobs.iter().map(|(bytes, id)| {
-        let sha = hex::encode(id.sha256);
-        let body = bytes.clone().into();
-        async move { http::registry_put(c, base, "bench/packages", body, 64, &sha).await }
-    }))
-    .buffer_unordered(JOBS)
-    .try_collect::<Vec<()>>()
+    http::concurrently(
+        JOBS,
+        blobs.iter().map(|(bytes, id)| {
+            let sha = hex::encode(id.sha256);
+            let body = bytes.clone().into();
+            async move { http::registry_put(c, base, "bench/packages", body, 64, &sha).await }
+        }),
+    )
     .await?;
     let manifests: Vec<String> = blobs
         .iter()
@@ -196,25 +192,18 @@ async fn registry_manifests(b: &Bench, registry: &Registry) -> anyhow::Result<Du
             .to_string()
         })
         .collect();
-    let t = Instant::now();
-    futures::stream::iter(manifests.into_iter().enumerate().map(|(i, m)| async move {
-        let r = c
-            .put(format!("{base}/v2/bench/packages/manifests/t{i}"))
-            .header(CONTENT_TYPE, "application/vnd.oci.image.manifest.v1+json")
-            .body(m)
-            .send()
-            .await?;
-        ensure!(
-            r.status() == StatusCode::CREATED,
-            "registry manifest PUT: {}",
-            r.status()
-        );
-        Ok(())
-    }))
-    .buffer_unordered(JOBS)
-    .try_collect::<Vec<()>>()
-    .await?;
-    Ok(t.elapsed())
+    http::concurrently(
+        JOBS,
+        manifests.into_iter().enumerate().map(|(i, m)| async move {
+            let request = c
+                .put(format!("{base}/v2/bench/packages/manifests/t{i}"))
+                .header(CONTENT_TYPE, "application/vnd.oci.image.manifest.v1+json")
+                .body(m);
+            http::send(request, &[StatusCode::CREATED], "registry manifest PUT").await?;
+            Ok(())
+        }),
+    )
+    .await
 }
 
 fn now() -> Timestamp {

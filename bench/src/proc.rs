@@ -28,10 +28,21 @@ pub(crate) fn reset_peak(pid: u32) -> anyhow::Result<()> {
         .with_context(|| format!("resetting the peak RSS of {pid}"))
 }
 
+/// A child process that is killed (and reaped) when dropped.
+#[derive(Debug)]
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A running `artifactstore serve`, killed on drop.
 #[derive(Debug)]
 pub(crate) struct Server {
-    child: Child,
+    child: Killed,
     pub(crate) base: String,
 }
 
@@ -60,7 +71,10 @@ impl Server {
             }
         });
         match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(base) => Ok(Server { child, base }),
+            Ok(base) => Ok(Server {
+                child: Killed(child),
+                base,
+            }),
             Err(_) => {
                 let _ = child.kill();
                 bail!("the server did not report its address within 60 s")
@@ -69,14 +83,7 @@ impl Server {
     }
 
     pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.0.id()
     }
 }
 
@@ -84,7 +91,7 @@ impl Drop for Server {
 /// loopback with filesystem storage under `root`; killed on drop.
 #[derive(Debug)]
 pub(crate) struct Registry {
-    child: Child,
+    child: Killed,
     pub(crate) base: String,
 }
 
@@ -116,7 +123,7 @@ impl Registry {
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         let registry = Registry {
-            child,
+            child: Killed(child),
             base: format!("http://127.0.0.1:{port}"),
         };
         let client = reqwest::Client::new();
@@ -138,14 +145,7 @@ impl Registry {
     }
 
     pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.0.id()
     }
 }
 

@@ -4,11 +4,9 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Instant;
 
 use anyhow::ensure;
 use bytes::Bytes;
-use futures::{StreamExt as _, TryStreamExt as _};
 
 use crate::proc::{Registry, Server, peak_rss_kib, reset_peak, run as run_command};
 use crate::report::{Figure, Row, Table, Target};
@@ -58,19 +56,17 @@ pub(crate) async fn run(b: &Bench, table: &mut Table) -> anyhow::Result<()> {
     let registry = Registry::start(&b.registry, &b.dir("small-registry")?).await?;
     let c = &b.client;
     let registry_base = &registry.base;
-    let t = Instant::now();
-    futures::stream::iter(files.iter().map(|(path, _)| async move {
-        // The client hashes what it sends, as `push` does.
-        let bytes = Bytes::from(tokio::fs::read(path).await?);
-        let sha = data::sha256_hex(&bytes);
-        let len = bytes.len() as u64;
-        http::registry_put(c, registry_base, "bench/tree", bytes.into(), len, &sha).await
-    }))
-    .buffer_unordered(JOBS)
-    .try_collect::<Vec<()>>()
+    let theirs = http::concurrently(
+        JOBS,
+        files.iter().map(|(path, _)| async move {
+            // The client hashes what it sends, as `push` does.
+            let bytes = Bytes::from(tokio::fs::read(path).await?);
+            let sha = data::sha256_hex(&bytes);
+            let len = bytes.len() as u64;
+            http::registry_put(c, registry_base, "bench/tree", bytes.into(), len, &sha).await
+        }),
+    )
     .await?;
-    let theirs = t.elapsed();
-
     reset_peak(server.pid())?;
     let urls = |prefix: &str| -> Vec<String> {
         files
@@ -113,13 +109,10 @@ pub(crate) async fn run(b: &Bench, table: &mut Table) -> anyhow::Result<()> {
 
 /// GETs every url, [`JOBS`] at a time; the time it took.
 async fn read_back(c: &reqwest::Client, urls: Vec<String>) -> anyhow::Result<std::time::Duration> {
-    let t = Instant::now();
-    futures::stream::iter(
+    http::concurrently(
+        JOBS,
         urls.iter()
             .map(|url| http::get_count(c, url, None, FILE_SIZE as u64)),
     )
-    .buffer_unordered(JOBS)
-    .try_collect::<Vec<()>>()
-    .await?;
-    Ok(t.elapsed())
+    .await
 }
