@@ -153,7 +153,7 @@ impl Store {
                 let event = Event::decode(&e.bytes)
                     .map_err(|source| ChainError::Malformed { seq: e.seq, source })?;
                 let manifest = self.manifest_of(&event, &*self.meta, None).await?;
-                tx.replay(&event, manifest.as_ref()).await?;
+                tx.replay(&[(&event, manifest.as_ref())]).await?;
                 after = e.seq;
             }
         }
@@ -354,10 +354,12 @@ impl Store {
                 .map(|e| chain.check(e.seq, &e.bytes, &e.hash))
                 .collect::<std::result::Result<Vec<_>, _>>()?;
             let manifests = self.manifests_of_page(&events, &mut tx).await?;
-            for (event, manifest) in events.iter().zip(&manifests) {
-                tx.replay(event, manifest.as_ref()).await?;
-                after = event.seq();
-            }
+            let page: Vec<(&Event, Option<&Manifest>)> = events
+                .iter()
+                .zip(manifests.iter().map(Option::as_ref))
+                .collect();
+            tx.replay(&page).await?;
+            after = events.last().map_or(after, Event::seq);
         }
         // Nobody can append while this transaction holds the write lock, so
         // the committed head is the one the log must end at.

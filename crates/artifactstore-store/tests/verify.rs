@@ -79,6 +79,26 @@ async fn workload(pair: TestPair) -> Workload {
         let m = Manifest::new(format!("team/app{n}"), files, BTreeMap::new()).unwrap();
         packages.push(store.create_package(&m, class, "ci").await.unwrap().id);
     }
+    // Updates right behind the inserts they refer to, in one page of the
+    // log: a rebuild that sends a page's rows together must still apply
+    // them in order.
+    let kept = store.apply_hold(&packages[0], "audit", "ci").await.unwrap();
+    let gone = store.apply_hold(&packages[0], "legal", "ci").await.unwrap();
+    store
+        .release_hold(&packages[0], &gone.hold_id, "settled", "ci")
+        .await
+        .unwrap();
+    let later = store.package(&packages[1]).await.unwrap();
+    let later = later
+        .retention
+        .current_expires_at
+        .and_then(|t| t.checked_add_micros(86_400_000_000))
+        .unwrap();
+    store
+        .extend_retention(&packages[1], later, "longer", "ci")
+        .await
+        .unwrap();
+    assert_ne!(kept.hold_id, gone.hold_id);
     Workload {
         pair,
         store,

@@ -17,7 +17,7 @@ use artifactstore_core::BlobId;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::io::ReaderStream;
 
@@ -358,20 +358,38 @@ impl BlobBackend for FsBlobStore {
         range: Option<Range<u64>>,
     ) -> Result<ByteStream, BlobError> {
         let path = self.blob_path(location)?;
-        let mut file = not_found_to_none(tokio::fs::File::open(&path).await)
-            .map_err(BlobError::io(format!("opening {location}")))?
-            .ok_or_else(|| BlobError::NotFound(location.to_owned()))?;
-        let stream = match range {
-            None => ReaderStream::with_capacity(file, READ_BUFFER).boxed(),
-            Some(r) => {
-                file.seek(std::io::SeekFrom::Start(r.start))
-                    .await
-                    .map_err(BlobError::io(format!("seeking {location}")))?;
-                let len = r.end.saturating_sub(r.start);
-                ReaderStream::with_capacity(file.take(len), READ_BUFFER).boxed()
+        // Opening, seeking and, for up to READ_BUFFER bytes, reading happen
+        // in one call on the blocking pool: a small blob (a manifest, say)
+        // costs one hop to another thread instead of three.
+        let opened = blocking(move || -> std::io::Result<Option<Opened>> {
+            let Some(mut file) = not_found_to_none(File::open(&path))? else {
+                return Ok(None);
+            };
+            let (start, want) = match &range {
+                None => (0, u64::MAX),
+                Some(r) => (r.start, r.end.saturating_sub(r.start)),
+            };
+            let left = file.metadata()?.len().saturating_sub(start).min(want);
+            if start > 0 {
+                std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start))?;
             }
-        };
-        Ok(stream)
+            if left > READ_BUFFER as u64 {
+                return Ok(Some(Opened::Large(file, want)));
+            }
+            let mut bytes = Vec::with_capacity(left as usize);
+            std::io::Read::read_to_end(&mut std::io::Read::take(file, want), &mut bytes)?;
+            Ok(Some(Opened::Read(Bytes::from(bytes))))
+        })
+        .await
+        .map_err(BlobError::io(format!("reading {location}")))?
+        .ok_or_else(|| BlobError::NotFound(location.to_owned()))?;
+        Ok(match opened {
+            Opened::Read(bytes) => futures::stream::once(std::future::ready(Ok(bytes))).boxed(),
+            Opened::Large(file, want) => {
+                let file = tokio::fs::File::from_std(file).take(want);
+                ReaderStream::with_capacity(file, READ_BUFFER).boxed()
+            }
+        })
     }
 
     async fn stat(&self, location: &str) -> Result<Option<u64>, BlobError> {
@@ -480,6 +498,13 @@ impl BlobBackend for FsBlobStore {
             .map_err(BlobError::io(format!("purging {}", trashed.location)))?;
         Ok(())
     }
+}
+
+/// A blob opened for reading: read already when small, else to be
+/// streamed (at most `.1` bytes).
+enum Opened {
+    Read(Bytes),
+    Large(File, u64),
 }
 
 /// Appends on a dedicated thread, so that disk writes overlap with receiving

@@ -331,10 +331,11 @@ pub trait MetaTx: Send {
     -> Result<Vec<StoredEvent>, MetaError>;
     /// Empties every view (the log is untouched), for a rebuild.
     async fn reset_views(&mut self) -> Result<(), MetaError>;
-    /// Applies an event that is already in the log (or is being copied
-    /// into a scratch store) to the views, without appending it.
-    async fn replay(&mut self, event: &Event, manifest: Option<&Manifest>)
-    -> Result<(), MetaError>;
+    /// Applies events that are already in the log (or are being copied
+    /// into a scratch store) to the views, in order, without appending
+    /// them; each `v1.package.created` with its manifest. A page at a time
+    /// lets a backend send their rows together.
+    async fn replay(&mut self, events: &[(&Event, Option<&Manifest>)]) -> Result<(), MetaError>;
     /// Deletes an upload session as part of this transaction.
     async fn session_delete(&mut self, id: &str) -> Result<(), MetaError>;
 

@@ -401,8 +401,8 @@ async fn find_blob(
     )
 }
 
-/// Digests per `IN (…)` lookup and rows per multi-row `INSERT`: far below
-/// both databases' limits on bound parameters.
+/// Digests per `IN (…)` lookup: far below both databases' limits on bound
+/// parameters.
 const BATCH_ROWS: usize = 500;
 
 /// `?1, ?2, …` for `n` parameters, in rows of `width` in parentheses when
@@ -518,14 +518,32 @@ const VIEWS: &[(&str, &str)] = &[
     ("holds", "SELECT * FROM holds ORDER BY package_id, hold_id"),
 ];
 
-/// Applies one event to the views. Appends and rebuilds both come here:
-/// this is where each event type's meaning for the views is defined. The
-/// views' applied seq is recorded by the transaction, once, at commit.
-async fn apply(
-    conn: &mut dyn SqlConn,
-    event: &Event,
-    manifest: Option<&Manifest>,
-) -> Result<(), MetaError> {
+/// One statement an event makes on the views.
+#[derive(Debug)]
+enum ViewOp {
+    /// A row for `table (columns)`. Rows of consecutive inserts go to the
+    /// database together, as one statement per table.
+    Insert {
+        table: &'static str,
+        columns: &'static str,
+        row: Vec<Arg>,
+    },
+    /// A statement that must change exactly one row: if it does not, the
+    /// event does not fit the views it is applied to.
+    One { sql: &'static str, args: Vec<Arg> },
+    /// A statement that may change any number of rows.
+    Any { sql: &'static str, args: Vec<Arg> },
+}
+
+fn one(sql: &'static str, args: Vec<Arg>) -> ViewOp {
+    ViewOp::One { sql, args }
+}
+
+/// What one event does to the views, as statements in order. Appends and
+/// rebuilds both come here: this is where each event type's meaning for
+/// the views is defined. (The views' applied seq is recorded by the
+/// transaction, once, at commit.)
+fn view_ops(event: &Event, manifest: Option<&Manifest>) -> Result<Vec<ViewOp>, MetaError> {
     if manifest.is_some() && !matches!(event.data(), EventData::PackageCreated { .. }) {
         return Err(MetaError::Corrupt(format!(
             "a manifest was given with {}",
@@ -534,55 +552,43 @@ async fn apply(
     }
     let seq = i64_of(event.seq())?;
     let subject = event.subject();
-    match event.data() {
-        EventData::BlobStored { blob, location } => {
-            conn.execute(
-                "INSERT INTO blobs (sha256, blake3, size, location, stored_seq, stored_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                &[
-                    (&blob.sha256).into(),
-                    (&blob.blake3).into(),
-                    i64_of(blob.size)?.into(),
-                    location.into(),
-                    seq.into(),
-                    event.at().into(),
-                ],
-            )
-            .await?;
-        }
-        EventData::BlobDeleted { blob } => {
-            update_one(
-                conn,
-                event,
-                "DELETE FROM blobs WHERE sha256 = ?1 AND blake3 = ?2",
-                &[(&blob.sha256).into(), (&blob.blake3).into()],
-            )
-            .await?;
-        }
+    Ok(match event.data() {
+        EventData::BlobStored { blob, location } => vec![ViewOp::Insert {
+            table: "blobs",
+            columns: "sha256, blake3, size, location, stored_seq, stored_at",
+            row: vec![
+                (&blob.sha256).into(),
+                (&blob.blake3).into(),
+                i64_of(blob.size)?.into(),
+                location.into(),
+                seq.into(),
+                event.at().into(),
+            ],
+        }],
+        EventData::BlobDeleted { blob } => vec![one(
+            "DELETE FROM blobs WHERE sha256 = ?1 AND blake3 = ?2",
+            vec![(&blob.sha256).into(), (&blob.blake3).into()],
+        )],
         EventData::PackageDeleted {
             reason,
             bytes_freed,
-        } => {
-            update_one(
-                conn,
-                event,
+        } => vec![
+            one(
                 "UPDATE retention_state SET deleted_seq = ?1, deleted_at = ?2, deleted_reason = ?3, \
                  bytes_freed = ?4 WHERE package_id = ?5 AND deleted_seq IS NULL",
-                &[
+                vec![
                     seq.into(),
                     event.at().into(),
                     reason.into(),
                     i64_of(*bytes_freed)?.into(),
                     subject.into(),
                 ],
-            )
-            .await?;
-            conn.execute(
-                "DELETE FROM package_files WHERE package_id = ?1",
-                &[subject.into()],
-            )
-            .await?;
-        }
+            ),
+            ViewOp::Any {
+                sql: "DELETE FROM package_files WHERE package_id = ?1",
+                args: vec![subject.into()],
+            },
+        ],
         EventData::PackageCreated {
             name,
             manifest_sha256,
@@ -605,11 +611,12 @@ async fn apply(
                     "package {subject}: the manifest does not match its event"
                 )));
             }
-            conn.execute(
-                "INSERT INTO packages (id, name, manifest_sha256, manifest_blake3, file_count, \
-                 total_size, retention_class, created_seq, created_at, created_by) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                &[
+            let mut ops = Vec::with_capacity(1 + m.files().len());
+            ops.push(ViewOp::Insert {
+                table: "packages",
+                columns: "id, name, manifest_sha256, manifest_blake3, file_count, total_size, \
+                          retention_class, created_seq, created_at, created_by",
+                row: vec![
                     subject.into(),
                     name.into(),
                     manifest_sha256.into(),
@@ -621,51 +628,38 @@ async fn apply(
                     event.at().into(),
                     event.actor().into(),
                 ],
-            )
-            .await?;
-            for chunk in m.files().chunks(BATCH_ROWS / 6) {
-                let mut args: Vec<Arg> = Vec::with_capacity(chunk.len() * 6);
-                for f in chunk {
-                    args.extend([
+            });
+            for f in m.files() {
+                ops.push(ViewOp::Insert {
+                    table: "package_files",
+                    columns: "package_id, path, sha256, blake3, size, media_type",
+                    row: vec![
                         subject.into(),
                         (&f.path).into(),
                         (&f.blob.sha256).into(),
                         (&f.blob.blake3).into(),
                         i64_of(f.blob.size)?.into(),
                         f.media_type.as_deref().into(),
-                    ]);
-                }
-                let sql = format!(
-                    "INSERT INTO package_files (package_id, path, sha256, blake3, size, media_type) \
-                     VALUES {}",
-                    placeholders(args.len(), 6)
-                );
-                conn.execute(&sql, &args).await?;
+                    ],
+                });
             }
+            ops
         }
-        EventData::RetentionDefaultApplied { class, expires_at } => {
-            conn.execute(
-                "INSERT INTO retention_state (package_id, class, current_expires_at) \
-                 VALUES (?1, ?2, ?3)",
-                &[subject.into(), class.into(), (*expires_at).into()],
-            )
-            .await?;
-        }
-        EventData::RetentionExtended { new_expires_at, .. } => {
-            update_one(
-                conn,
-                event,
-                "UPDATE retention_state SET current_expires_at = ?1, eligible_for_deletion = 0 \
-                 WHERE package_id = ?2",
-                &[(*new_expires_at).into(), subject.into()],
-            )
-            .await?;
-        }
-        EventData::RetentionHoldApplied { hold_id, reason } => {
-            conn.execute(
-                "INSERT INTO holds (package_id, hold_id, reason, applied_by, applied_at, applied_seq) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                &[
+        EventData::RetentionDefaultApplied { class, expires_at } => vec![ViewOp::Insert {
+            table: "retention_state",
+            columns: "package_id, class, current_expires_at",
+            row: vec![subject.into(), class.into(), (*expires_at).into()],
+        }],
+        EventData::RetentionExtended { new_expires_at, .. } => vec![one(
+            "UPDATE retention_state SET current_expires_at = ?1, eligible_for_deletion = 0 \
+             WHERE package_id = ?2",
+            vec![(*new_expires_at).into(), subject.into()],
+        )],
+        EventData::RetentionHoldApplied { hold_id, reason } => vec![
+            ViewOp::Insert {
+                table: "holds",
+                columns: "package_id, hold_id, reason, applied_by, applied_at, applied_seq",
+                row: vec![
                     subject.into(),
                     hold_id.into(),
                     reason.into(),
@@ -673,24 +667,18 @@ async fn apply(
                     event.at().into(),
                     seq.into(),
                 ],
-            )
-            .await?;
-            update_one(
-                conn,
-                event,
+            },
+            one(
                 "UPDATE retention_state SET active_holds = active_holds + 1, \
                  eligible_for_deletion = 0 WHERE package_id = ?1",
-                &[subject.into()],
-            )
-            .await?;
-        }
-        EventData::RetentionHoldReleased { hold_id, reason } => {
-            update_one(
-                conn,
-                event,
+                vec![subject.into()],
+            ),
+        ],
+        EventData::RetentionHoldReleased { hold_id, reason } => vec![
+            one(
                 "UPDATE holds SET released_by = ?1, released_at = ?2, release_reason = ?3, \
                  released_seq = ?4 WHERE package_id = ?5 AND hold_id = ?6 AND released_seq IS NULL",
-                &[
+                vec![
                     event.actor().into(),
                     event.at().into(),
                     reason.into(),
@@ -698,55 +686,114 @@ async fn apply(
                     subject.into(),
                     hold_id.into(),
                 ],
-            )
-            .await?;
-            update_one(
-                conn,
-                event,
+            ),
+            one(
                 "UPDATE retention_state SET active_holds = active_holds - 1 \
                  WHERE package_id = ?1 AND active_holds > 0",
-                &[subject.into()],
-            )
-            .await?;
-        }
+                vec![subject.into()],
+            ),
+        ],
         EventData::PackageTierChanged { tier, moved } => {
             let tier: Tier = tier.parse()?;
-            for m in moved {
-                // Only a blob still in the hot tier moves.
-                update_one(
-                    conn,
-                    event,
-                    "UPDATE blobs SET tier = ?1, location = ?2 \
-                     WHERE sha256 = ?3 AND blake3 = ?4 AND tier = 'hot'",
-                    &[
-                        tier.as_str().into(),
-                        (&m.location).into(),
-                        (&m.blob.sha256).into(),
-                        (&m.blob.blake3).into(),
-                    ],
-                )
-                .await?;
-            }
-            update_one(
-                conn,
-                event,
+            let mut ops: Vec<ViewOp> = moved
+                .iter()
+                .map(|m| {
+                    // Only a blob still in the hot tier moves.
+                    one(
+                        "UPDATE blobs SET tier = ?1, location = ?2 \
+                         WHERE sha256 = ?3 AND blake3 = ?4 AND tier = 'hot'",
+                        vec![
+                            tier.as_str().into(),
+                            (&m.location).into(),
+                            (&m.blob.sha256).into(),
+                            (&m.blob.blake3).into(),
+                        ],
+                    )
+                })
+                .collect();
+            ops.push(one(
                 "UPDATE packages SET tier = ?1 WHERE id = ?2",
-                &[tier.as_str().into(), subject.into()],
-            )
-            .await?;
+                vec![tier.as_str().into(), subject.into()],
+            ));
+            ops
         }
-        EventData::RetentionDeletionEligible { .. } => {
-            update_one(
-                conn,
-                event,
-                "UPDATE retention_state SET eligible_for_deletion = 1, last_eligibility_seq = ?1 \
-                 WHERE package_id = ?2",
-                &[seq.into(), subject.into()],
-            )
-            .await?;
+        EventData::RetentionDeletionEligible { .. } => vec![one(
+            "UPDATE retention_state SET eligible_for_deletion = 1, last_eligibility_seq = ?1 \
+             WHERE package_id = ?2",
+            vec![seq.into(), subject.into()],
+        )],
+    })
+}
+
+/// Most bound parameters in one multi-row insert: far below both
+/// databases' limits.
+const MAX_PARAMS: usize = 3000;
+
+/// Rows waiting to be inserted, one entry per table in the order the
+/// tables first appeared. Flushing in that order keeps every row after the
+/// row it refers to (an event lists a parent row before its children).
+#[derive(Debug, Default)]
+struct PendingRows {
+    tables: Vec<(&'static str, &'static str, usize, Vec<Arg>)>,
+    params: usize,
+}
+
+impl PendingRows {
+    fn add(&mut self, table: &'static str, columns: &'static str, row: Vec<Arg>) {
+        self.params += row.len();
+        match self.tables.iter_mut().find(|t| t.0 == table) {
+            Some(t) => t.3.extend(row),
+            None => self.tables.push((table, columns, row.len(), row)),
         }
     }
-    Ok(())
+
+    async fn flush(&mut self, conn: &mut dyn SqlConn) -> Result<(), MetaError> {
+        for (table, columns, width, args) in self.tables.drain(..) {
+            let sql = format!(
+                "INSERT INTO {table} ({columns}) VALUES {}",
+                placeholders(args.len(), width)
+            );
+            conn.execute(&sql, &args).await?;
+        }
+        self.params = 0;
+        Ok(())
+    }
+}
+
+/// Applies events to the views, in order: each event's statements as
+/// [`view_ops`] gives them, with the inserts of consecutive events sent as
+/// one multi-row statement per table. One event is an append; a page of
+/// the log is a rebuild, where one round trip per row was most of the time.
+async fn apply(
+    conn: &mut dyn SqlConn,
+    events: &[(&Event, Option<&Manifest>)],
+) -> Result<(), MetaError> {
+    let mut pending = PendingRows::default();
+    for (event, manifest) in events {
+        for op in view_ops(event, *manifest)? {
+            match op {
+                ViewOp::Insert {
+                    table,
+                    columns,
+                    row,
+                } => {
+                    pending.add(table, columns, row);
+                    if pending.params >= MAX_PARAMS {
+                        pending.flush(conn).await?;
+                    }
+                }
+                ViewOp::One { sql, args } => {
+                    pending.flush(conn).await?;
+                    update_one(conn, event, sql, &args).await?;
+                }
+                ViewOp::Any { sql, args } => {
+                    pending.flush(conn).await?;
+                    conn.execute(sql, &args).await?;
+                }
+            }
+        }
+    }
+    pending.flush(conn).await
 }
 
 const SESSION_COLUMNS: &str = "SELECT id, created_at, actor FROM upload_sessions";
@@ -1018,15 +1065,17 @@ impl SqlTx {
                 ],
             )
             .await?;
-        self.apply(event, manifest).await?;
+        self.apply(&[(event, manifest)]).await?;
         self.head = Some((event.seq(), *event.hash()));
         self.head_moved = true;
         Ok(())
     }
 
-    async fn apply(&mut self, event: &Event, manifest: Option<&Manifest>) -> Result<(), MetaError> {
-        apply(&mut *self.tx, event, manifest).await?;
-        self.applied = Some(event.seq());
+    async fn apply(&mut self, events: &[(&Event, Option<&Manifest>)]) -> Result<(), MetaError> {
+        apply(&mut *self.tx, events).await?;
+        if let Some((last, _)) = events.last() {
+            self.applied = Some(last.seq());
+        }
         Ok(())
     }
 
@@ -1135,12 +1184,8 @@ impl MetaTx for SqlTx {
         Ok(())
     }
 
-    async fn replay(
-        &mut self,
-        event: &Event,
-        manifest: Option<&Manifest>,
-    ) -> Result<(), MetaError> {
-        self.guarded(async |tx: &mut SqlTx| tx.apply(event, manifest).await)
+    async fn replay(&mut self, events: &[(&Event, Option<&Manifest>)]) -> Result<(), MetaError> {
+        self.guarded(async |tx: &mut SqlTx| tx.apply(events).await)
             .await
     }
 
