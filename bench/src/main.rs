@@ -50,7 +50,7 @@ struct Args {
     /// removing it.
     #[arg(long)]
     keep: bool,
-    /// Run only these scenario groups (large, small, metadata).
+    /// Run only these scenario groups (large, small, create, log).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -195,8 +195,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if wanted("small") {
         small::run(&bench, &mut table).await?;
     }
-    if wanted("metadata") {
-        metadata::run(&bench, &mut table).await?;
+    if wanted("create") {
+        metadata::creation_rates(&bench, &mut table).await?;
+    }
+    if wanted("log") {
+        metadata::large_log(&bench, &mut table).await?;
     }
     println!("\n{}", table.markdown());
     if args.keep {
