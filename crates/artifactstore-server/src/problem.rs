@@ -104,6 +104,17 @@ impl From<StoreError> for Problem {
             ErrorClass::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorClass::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
             ErrorClass::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorClass::InsufficientStorage => {
+                // The operator must act; the client only needs to know that
+                // nothing was kept and that a retry can succeed later.
+                tracing::error!(error = %e, "out of storage");
+                return Problem::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    e.code(),
+                    "the server has no space left for this request; nothing of it was kept"
+                        .to_owned(),
+                );
+            }
             ErrorClass::Internal => {
                 tracing::error!(error = %e, "internal error");
                 return Problem::internal();
@@ -145,5 +156,23 @@ impl From<StoreError> for Problem {
             _ => {}
         }
         p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use artifactstore_store::blob::BlobError;
+
+    #[test]
+    fn a_full_disk_is_a_507_that_names_no_internals() {
+        let e = StoreError::Blob(BlobError::Io {
+            context: "writing staging 01a2-secret-id".into(),
+            source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+        });
+        let p = Problem::from(e);
+        assert_eq!(p.status(), StatusCode::INSUFFICIENT_STORAGE);
+        assert_eq!(p.code(), "insufficient-storage");
+        assert!(!p.detail.contains("01a2-secret-id"), "{}", p.detail);
     }
 }

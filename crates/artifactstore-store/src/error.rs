@@ -29,6 +29,9 @@ pub enum ErrorClass {
     Corrupt,
     /// A dependency is unavailable (503).
     Unavailable,
+    /// The disk or database is full (507): nothing of the request was
+    /// kept; it can succeed once the operator makes room.
+    InsufficientStorage,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,7 +134,32 @@ impl StoreError {
             StoreError::NoColdTier => "no-cold-tier",
             StoreError::CorruptBlob(_) => "blob-corrupt",
             StoreError::BrokenLog(_) => "log-broken",
+            StoreError::Blob(_) | StoreError::Meta(_) if self.storage_full() => {
+                "insufficient-storage"
+            }
             StoreError::Blob(_) | StoreError::Meta(_) => "internal",
+        }
+    }
+
+    /// Whether a backend failed for want of space: the filesystem's
+    /// `ENOSPC` or `EDQUOT`, SQLite's `SQLITE_FULL` (13), PostgreSQL's
+    /// `disk_full` (53100).
+    fn storage_full(&self) -> bool {
+        let io_full = |e: &std::io::Error| {
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            )
+        };
+        let db_full = |e: &sqlx::Error| match e {
+            sqlx::Error::Io(e) => io_full(e),
+            sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("13" | "53100")),
+            _ => false,
+        };
+        match self {
+            StoreError::Blob(crate::blob::BlobError::Io { source, .. }) => io_full(source),
+            StoreError::Meta(crate::meta::MetaError::Db(e)) => db_full(e),
+            _ => false,
         }
     }
 
@@ -161,6 +189,9 @@ impl StoreError {
             StoreError::OffsetMismatch { .. } => ErrorClass::Conflict,
             StoreError::TooLarge { .. } => ErrorClass::TooLarge,
             StoreError::RangeNotSatisfiable { .. } => ErrorClass::RangeNotSatisfiable,
+            StoreError::Blob(_) | StoreError::Meta(_) if self.storage_full() => {
+                ErrorClass::InsufficientStorage
+            }
             StoreError::BrokenLog(_) | StoreError::Blob(_) | StoreError::Meta(_) => {
                 ErrorClass::Internal
             }
@@ -181,3 +212,25 @@ impl From<crate::blob::BlobError> for StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blob::BlobError;
+
+    #[test]
+    fn a_full_disk_is_insufficient_storage_and_other_io_errors_are_internal() {
+        let io = |kind| {
+            StoreError::Blob(BlobError::Io {
+                context: "writing staging x".into(),
+                source: std::io::Error::from(kind),
+            })
+        };
+        let full = io(std::io::ErrorKind::StorageFull);
+        assert_eq!(full.class(), ErrorClass::InsufficientStorage);
+        assert_eq!(full.code(), "insufficient-storage");
+        let other = io(std::io::ErrorKind::PermissionDenied);
+        assert_eq!(other.class(), ErrorClass::Internal);
+        assert_eq!(other.code(), "internal");
+    }
+}
