@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use artifactstore_core::event::{ChainVerifier, EventData, EventDraft, GENESIS_PREV};
+use artifactstore_core::event::{ChainVerifier, Event, EventData, EventDraft, GENESIS_PREV};
 use artifactstore_core::manifest::{FileEntry, Manifest};
 use artifactstore_core::{BlobId, Timestamp};
 use bytes::Bytes;
@@ -451,6 +451,7 @@ where
     paging(&*make().await).await;
     package_views(&*make().await).await;
     package_needs_its_own_manifest(&*make().await).await;
+    replaying_many_packages_at_once(&*make().await).await;
     sessions(&*make().await).await;
     collection_views(&*make().await).await;
     leader_lock_and_session_ages(&*make().await).await;
@@ -705,6 +706,51 @@ async fn package_needs_its_own_manifest(m: &dyn MetadataStore) {
         assert!(matches!(err, MetaError::Corrupt(_)), "{err:?}");
     }
     assert_eq!(m.head().await.expect("head").0, 0, "nothing was appended");
+}
+
+/// A rebuild replays a page of the log at once. A backend that sends the
+/// rows of many events together must still put every row after the row
+/// it refers to, wherever its batches happen to end.
+async fn replaying_many_packages_at_once(m: &dyn MetadataStore) {
+    // One, two and three files in turn, so that batches end at every
+    // kind of row, not only between packages.
+    let manifests: Vec<Manifest> = (1..=3)
+        .map(|n| {
+            let files = (0..n)
+                .map(|f| FileEntry {
+                    path: format!("f{f}"),
+                    blob: BlobId::of(&[f]),
+                    media_type: None,
+                })
+                .collect();
+            Manifest::new("team/app".into(), files, Default::default()).expect("manifest")
+        })
+        .collect();
+    let (mut seq, mut prev) = (0, GENESIS_PREV);
+    let mut events: Vec<(Event, Option<&Manifest>)> = Vec::new();
+    for i in 0..300 {
+        let manifest = &manifests[i % 3];
+        let [created, default] = package_events(&format!("pkg-{i:03}"), manifest, "scratch", None);
+        for (draft, m) in [(created, Some(manifest)), (default, None)] {
+            seq += 1;
+            let event = draft.seal(seq, prev);
+            prev = *event.hash();
+            events.push((event, m));
+        }
+    }
+    let page: Vec<(&Event, Option<&Manifest>)> = events.iter().map(|(e, m)| (e, *m)).collect();
+    let mut tx = m.begin().await.expect("begin");
+    tx.replay(&page).await.expect("replay a page");
+    tx.commit().await.expect("commit");
+    for i in [0, 17, 150, 299] {
+        let p = m
+            .package(&format!("pkg-{i:03}"))
+            .await
+            .expect("package")
+            .expect("replayed");
+        assert_eq!(p.file_count, (i % 3 + 1) as u64);
+        assert_eq!(p.retention.class, "scratch");
+    }
 }
 
 async fn sessions(m: &dyn MetadataStore) {
