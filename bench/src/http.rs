@@ -21,18 +21,6 @@ async fn file_body(path: &Path) -> anyhow::Result<(Body, u64)> {
     Ok((Body::wrap_stream(stream), len))
 }
 
-async fn expect(response: Response, want: &[StatusCode], what: &str) -> anyhow::Result<Response> {
-    let status = response.status();
-    if want.contains(&status) {
-        return Ok(response);
-    }
-    let body = response.text().await.unwrap_or_default();
-    bail!(
-        "{what}: {status}: {}",
-        body.chars().take(300).collect::<String>()
-    )
-}
-
 /// Resolves a `Location` header against the server it came from.
 fn location(response: &Response, base: &str) -> anyhow::Result<String> {
     let value = response
@@ -80,7 +68,16 @@ pub(crate) async fn send(
     want: &[StatusCode],
     what: &str,
 ) -> anyhow::Result<Response> {
-    expect(request.send().await?, want, what).await
+    let response = request.send().await?;
+    let status = response.status();
+    if want.contains(&status) {
+        return Ok(response);
+    }
+    let body = response.text().await.unwrap_or_default();
+    bail!(
+        "{what}: {status}: {}",
+        body.chars().take(300).collect::<String>()
+    )
 }
 
 /// Runs `requests`, `jobs` at a time; how long they took.
@@ -107,8 +104,8 @@ pub(crate) async fn session_upload(
     sha: &str,
     chunk: usize,
 ) -> anyhow::Result<()> {
-    let r = c.post(format!("{base}/uploads")).send().await?;
-    let r = expect(r, &[StatusCode::ACCEPTED], "POST /uploads").await?;
+    let post = c.post(format!("{base}/uploads"));
+    let r = send(post, &[StatusCode::ACCEPTED], "POST /uploads").await?;
     let url = location(&r, base)?;
     let mut file = tokio::fs::File::open(path).await?;
     let mut offset = 0u64;
@@ -119,22 +116,13 @@ pub(crate) async fn session_upload(
             break;
         }
         let n = buf.len() as u64;
-        let r = c
-            .patch(&url)
-            .header("Upload-Offset", offset)
-            .body(buf)
-            .send()
-            .await?;
-        expect(
-            r,
-            &[StatusCode::NO_CONTENT, StatusCode::ACCEPTED, StatusCode::OK],
-            "PATCH",
-        )
-        .await?;
+        let patch = c.patch(&url).header("Upload-Offset", offset).body(buf);
+        let ok = [StatusCode::NO_CONTENT, StatusCode::ACCEPTED, StatusCode::OK];
+        send(patch, &ok, "PATCH").await?;
         offset += n;
     }
-    let r = c.put(format!("{url}?digest=sha256:{sha}")).send().await?;
-    expect(r, &[StatusCode::CREATED], "finishing the upload").await?;
+    let finish = c.put(format!("{url}?digest=sha256:{sha}"));
+    send(finish, &[StatusCode::CREATED], "finishing the upload").await?;
     Ok(())
 }
 
@@ -148,22 +136,18 @@ pub(crate) async fn registry_put(
     len: u64,
     sha: &str,
 ) -> anyhow::Result<()> {
-    let r = c
+    let post = c
         .post(format!("{base}/v2/{repo}/blobs/uploads/"))
-        .header(CONTENT_LENGTH, 0)
-        .send()
-        .await?;
-    let r = expect(r, &[StatusCode::ACCEPTED], "registry POST uploads").await?;
+        .header(CONTENT_LENGTH, 0);
+    let r = send(post, &[StatusCode::ACCEPTED], "registry POST uploads").await?;
     let url = location(&r, base)?;
     let sep = if url.contains('?') { '&' } else { '?' };
-    let r = c
+    let put = c
         .put(format!("{url}{sep}digest=sha256:{sha}"))
         .header(CONTENT_LENGTH, len)
         .header(CONTENT_TYPE, "application/octet-stream")
-        .body(body)
-        .send()
-        .await?;
-    expect(r, &[StatusCode::CREATED], "registry PUT ?digest=").await?;
+        .body(body);
+    send(put, &[StatusCode::CREATED], "registry PUT ?digest=").await?;
     Ok(())
 }
 
@@ -190,8 +174,8 @@ pub(crate) async fn get_count(
     if let Some((start, len)) = range {
         request = request.header(RANGE, format!("bytes={start}-{}", start + len - 1));
     }
-    let r = request.send().await?;
-    let r = expect(r, &[StatusCode::OK, StatusCode::PARTIAL_CONTENT], "GET").await?;
+    let ok = [StatusCode::OK, StatusCode::PARTIAL_CONTENT];
+    let r = send(request, &ok, "GET").await?;
     let got = r
         .bytes_stream()
         .try_fold(0u64, |n, chunk| async move { Ok(n + chunk.len() as u64) })

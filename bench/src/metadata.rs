@@ -40,7 +40,7 @@ pub(crate) async fn creation_rates(b: &Bench, table: &mut Table) -> anyhow::Resu
     drop(registry);
     creation(b, table, "SQLite", None, theirs).await?;
     let postgres = match &b.postgres {
-        Some(server) => Some(fresh_database(server).await?),
+        Some(server) => Some(artifactstore_store::testing::create_database(server).await?),
         None => {
             println!("  (no PostgreSQL: set ARTIFACTSTORE_TEST_POSTGRES or --postgres)");
             None
@@ -50,22 +50,6 @@ pub(crate) async fn creation_rates(b: &Bench, table: &mut Table) -> anyhow::Resu
         creation(b, table, "PostgreSQL", Some(&url), theirs).await?;
     }
     Ok(())
-}
-
-/// A new database on the server `url` names; its url.
-async fn fresh_database(url: &str) -> anyhow::Result<String> {
-    // The name is letters and digits only, safe to splice into SQL.
-    let name = format!("bench_{}", uuid::Uuid::now_v7().simple());
-    let status = Command::new("psql")
-        .arg(url)
-        .args(["-q", "-c", &format!("CREATE DATABASE {name}")])
-        .status()
-        .context("running psql (Debian package postgresql-client)")?;
-    ensure!(status.success(), "psql could not create a database");
-    let (server, _) = url
-        .rsplit_once('/')
-        .context("a PostgreSQL url names a database")?;
-    Ok(format!("{server}/{name}"))
 }
 
 /// A small distinct blob per package.

@@ -258,17 +258,21 @@ macro_rules! on_both_pairs {
 /// # Panics
 /// Under `CI=true` when the server is not configured, or on any error.
 pub async fn fresh_postgres_database() -> Option<String> {
-    use sqlx::Connection as _;
     let url = postgres_url()?;
+    Some(create_database(&url).await.expect("create a test database"))
+}
+
+/// Creates a new, empty database, with a fresh name, on the PostgreSQL
+/// server that `url` (a url of any database on it) points at; its url.
+pub async fn create_database(url: &str) -> Result<String, sqlx::Error> {
+    use sqlx::Connection as _;
     let name = fresh_schema();
-    let mut conn = sqlx::PgConnection::connect(&url)
-        .await
-        .expect("connect to the test PostgreSQL");
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    // The name is letters and digits only, safe to splice into SQL.
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut conn)
-        .await
-        .expect("create a test database");
+        .await?;
     let _ = conn.close().await;
-    let (server, _) = url.rsplit_once('/').expect("a url with a database");
-    Some(format!("{server}/{name}"))
+    let server = url.rsplit_once('/').map_or(url, |(server, _)| server);
+    Ok(format!("{server}/{name}"))
 }

@@ -401,9 +401,12 @@ async fn find_blob(
     )
 }
 
-/// Digests per `IN (…)` lookup: far below both databases' limits on bound
-/// parameters.
-const BATCH_ROWS: usize = 500;
+/// Most bound parameters in one statement (an `IN (…)` lookup, a
+/// multi-row insert). Far below both databases' limits, and small on
+/// purpose: binding costs grow faster than the parameter count (with
+/// 3,000, `sqlite3_bind_parameter_name` took 15 % of a rebuild's samples;
+/// 400 took a 1M-event rebuild from 80 s to 71 s).
+const MAX_PARAMS: usize = 400;
 
 /// `?1, ?2, …` for `n` parameters, in rows of `width` in parentheses when
 /// `width > 0`.
@@ -423,7 +426,7 @@ fn placeholders(n: usize, width: usize) -> String {
 
 async fn find_blobs(conn: &mut dyn SqlConn, sha256: &[Hash]) -> Result<Vec<BlobRecord>, MetaError> {
     let mut found = Vec::with_capacity(sha256.len());
-    for chunk in sha256.chunks(BATCH_ROWS) {
+    for chunk in sha256.chunks(MAX_PARAMS) {
         let sql = format!(
             "SELECT * FROM blobs WHERE sha256 IN ({})",
             placeholders(chunk.len(), 0)
@@ -749,12 +752,6 @@ fn view_ops(event: &Event, manifest: Option<&Manifest>) -> Result<Vec<ViewOp>, M
     })
 }
 
-/// Most bound parameters in one multi-row insert. Far below both
-/// databases' limits, and small on purpose: binding costs grow faster than
-/// the parameter count (with 3,000, `sqlite3_bind_parameter_name` took 15 %
-/// of a rebuild's samples; 400 took a 1M-event rebuild from 80 s to 71 s).
-const MAX_PARAMS: usize = 400;
-
 /// Rows waiting to be inserted, by table.
 #[derive(Debug, Default)]
 struct PendingRows {
@@ -797,10 +794,10 @@ async fn apply(
         for op in view_ops(event, *manifest)? {
             match op {
                 ViewOp::Insert { table, row } => {
-                    pending.add(table, row);
-                    if pending.params >= MAX_PARAMS {
+                    if pending.params + row.len() > MAX_PARAMS {
                         pending.flush(conn).await?;
                     }
+                    pending.add(table, row);
                 }
                 ViewOp::One { sql, args } => {
                     pending.flush(conn).await?;
