@@ -195,6 +195,41 @@ async fn event_row(pair: &TestPair, seq: i64) -> (Vec<u8>, Vec<u8>) {
     }
 }
 
+/// Every table, column, index and constraint of the store's schema, as
+/// text, in a stable order.
+async fn schema_of(pair: &TestPair) -> Vec<String> {
+    match pair.postgres_schema() {
+        None => {
+            let pool = sqlx::SqlitePool::connect(&pair.metadata_url())
+                .await
+                .unwrap();
+            let rows: Vec<(String, String, Option<String>)> =
+                sqlx::query_as("SELECT type, name, sql FROM sqlite_master ORDER BY type, name")
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+            pool.close().await;
+            rows.into_iter().map(|r| format!("{r:?}")).collect()
+        }
+        Some(schema) => {
+            let mut conn = postgres(pair, schema).await;
+            let rows: Vec<(String,)> = sqlx::query_as(
+                "SELECT format('%s.%s %s %s %s', table_name, column_name, data_type, \
+                 is_nullable, column_default) FROM information_schema.columns \
+                 WHERE table_schema = current_schema() \
+                 UNION ALL SELECT indexdef FROM pg_indexes WHERE schemaname = current_schema() \
+                 UNION ALL SELECT conrelid::regclass || ' ' || pg_get_constraintdef(oid) \
+                 FROM pg_constraint WHERE connamespace = current_schema()::regnamespace \
+                 ORDER BY 1",
+            )
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+            rows.into_iter().map(|(r,)| r).collect()
+        }
+    }
+}
+
 async fn postgres(pair: &TestPair, schema: &str) -> sqlx::PgConnection {
     use sqlx::Connection as _;
     let options: sqlx::postgres::PgConnectOptions = pair.metadata_url().parse().unwrap();
@@ -281,6 +316,52 @@ async fn rebuilding_gives_identical_query_results(pair: TestPair) {
     w.store.rebuild_views().await.unwrap();
     assert!(w.store.verify(false).await.unwrap().is_ok());
     assert_eq!(query_results(&w).await, before);
+}
+
+/// A rebuild may empty the views by dropping and re-creating their tables;
+/// what it creates must be what the migrations made, constraints and
+/// indexes included.
+async fn rebuilding_keeps_the_schema(pair: TestPair) {
+    let w = workload(pair).await;
+    let before = schema_of(&w.pair).await;
+    assert!(before.iter().any(|r| r.contains("package_files_by_blob")));
+    assert!(before.iter().any(|r| r.contains("REFERENCES packages")));
+    w.store.rebuild_views().await.unwrap();
+    assert_eq!(schema_of(&w.pair).await, before);
+    // The foreign keys still hold: a file of no package is refused.
+    let orphan = w.pair.metadata_url();
+    let refused = match w.pair.postgres_schema() {
+        None => {
+            let options: sqlx::sqlite::SqliteConnectOptions = orphan.parse().unwrap();
+            let pool = sqlx::SqlitePool::connect_with(options.foreign_keys(true))
+                .await
+                .unwrap();
+            let r = sqlx::query(
+                "INSERT INTO package_files (package_id, path, sha256, blake3, size) \
+                 VALUES ('none', 'a', x'00', x'00', 1)",
+            )
+            .execute(&pool)
+            .await
+            .map(drop);
+            pool.close().await;
+            r
+        }
+        Some(schema) => {
+            let mut conn = postgres(&w.pair, schema).await;
+            sqlx::query(
+                "INSERT INTO package_files (package_id, path, sha256, blake3, size) \
+                 VALUES ('none', 'a', '\\x00', '\\x00', 1)",
+            )
+            .execute(&mut conn)
+            .await
+            .map(drop)
+        }
+    };
+    let err = refused.expect_err("a file of no package");
+    assert!(
+        err.to_string().contains("FOREIGN KEY") || err.to_string().contains("foreign key"),
+        "{err}"
+    );
 }
 
 async fn editing_deleting_reordering_or_truncating_the_log_names_the_first_bad_seq(pair: TestPair) {
@@ -410,6 +491,7 @@ async fn missing_and_corrupted_bytes_are_named(pair: TestPair) {
 artifactstore_store::on_both_pairs!(
     a_clean_store_verifies_deeply,
     rebuilding_gives_identical_query_results,
+    rebuilding_keeps_the_schema,
     editing_deleting_reordering_or_truncating_the_log_names_the_first_bad_seq,
     missing_and_corrupted_bytes_are_named,
 );

@@ -139,7 +139,7 @@ impl Row {
         }
     }
 
-    fn text(&self, col: &str) -> Result<String, MetaError> {
+    pub(crate) fn text(&self, col: &str) -> Result<String, MetaError> {
         self.opt_text(col)?
             .ok_or_else(|| MetaError::Corrupt(format!("{col} is null")))
     }
@@ -233,6 +233,20 @@ pub trait SqlDriver: Send + Sync + std::fmt::Debug + 'static {
     async fn try_lead(&self, role: &str) -> Result<Option<LeaderGuard>, MetaError>;
     /// A new, empty database of the same kind, dropped with the driver.
     async fn scratch(&self) -> Result<SqlMetadata, MetaError>;
+    /// Empties `tables` (parents first: each table's foreign keys point
+    /// only at tables before it) inside the write transaction `tx`, whose
+    /// readers see the old rows until it commits. Deleting the rows, children
+    /// first, works on every database; one may have a faster way.
+    async fn empty_tables(
+        &self,
+        tx: &mut dyn SqlConn,
+        tables: &[&'static str],
+    ) -> Result<(), MetaError> {
+        for table in tables.iter().rev() {
+            tx.execute(&format!("DELETE FROM {table}"), &[]).await?;
+        }
+        Ok(())
+    }
 }
 
 /// The metadata store over any [`SqlDriver`].
@@ -536,6 +550,25 @@ enum ViewTable {
 }
 
 impl ViewTable {
+    /// Every view table, parents first.
+    const ALL: [ViewTable; 5] = [
+        ViewTable::Packages,
+        ViewTable::Blobs,
+        ViewTable::PackageFiles,
+        ViewTable::RetentionState,
+        ViewTable::Holds,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            ViewTable::Packages => "packages",
+            ViewTable::Blobs => "blobs",
+            ViewTable::PackageFiles => "package_files",
+            ViewTable::RetentionState => "retention_state",
+            ViewTable::Holds => "holds",
+        }
+    }
+
     fn insert_into(self) -> &'static str {
         match self {
             ViewTable::Packages => {
@@ -824,6 +857,7 @@ impl MetadataStore for SqlMetadata {
             applied: None,
             failed: false,
             tx: self.driver.begin_write().await?,
+            driver: self.driver.clone(),
         }))
     }
 
@@ -1034,6 +1068,7 @@ impl MetadataStore for SqlMetadata {
 /// what an append costs).
 struct SqlTx {
     tx: Box<dyn SqlTxConn>,
+    driver: Arc<dyn SqlDriver>,
     head: Option<(u64, Hash)>,
     /// Whether events were written since the head was read.
     head_moved: bool,
@@ -1187,18 +1222,15 @@ impl MetaTx for SqlTx {
     }
 
     async fn reset_views(&mut self) -> Result<(), MetaError> {
-        // Children before parents, for the foreign keys.
-        for sql in [
-            "DELETE FROM package_files",
-            "DELETE FROM holds",
-            "DELETE FROM retention_state",
-            "DELETE FROM packages",
-            "DELETE FROM blobs",
-            "UPDATE views_state SET applied_seq = 0 WHERE id = 1",
-        ] {
-            self.tx.execute(sql, &[]).await?;
-        }
-        Ok(())
+        self.guarded(async |tx: &mut SqlTx| {
+            let tables = ViewTable::ALL.map(ViewTable::name);
+            tx.driver.empty_tables(&mut *tx.tx, &tables).await?;
+            tx.tx
+                .execute("UPDATE views_state SET applied_seq = 0 WHERE id = 1", &[])
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     async fn replay(&mut self, events: &[(&Event, Option<&Manifest>)]) -> Result<(), MetaError> {

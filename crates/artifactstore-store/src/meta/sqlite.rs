@@ -35,6 +35,12 @@ const MIGRATIONS: &[(i64, &str)] = &[
 ];
 
 const READERS: u32 = 8;
+/// The writer's page cache, in KiB (negative: SQLite's unit for a size).
+/// Writes land in random places of the indexes (package ids, digests); with
+/// SQLite's default 2 MiB most of them read their page back from the
+/// kernel. 32 MiB, for the one writer only, took `views rebuild` of 1M
+/// events from 57 s to 46 s; the readers keep the default.
+const WRITER_CACHE: &str = "-32768";
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Flavor for Sqlite {
@@ -112,7 +118,11 @@ async fn open_with(
         .foreign_keys(true);
     let writer = SqlitePoolOptions::new()
         .max_connections(1)
-        .connect_with(base.clone().create_if_missing(true))
+        .connect_with(
+            base.clone()
+                .create_if_missing(true)
+                .pragma("cache_size", WRITER_CACHE),
+        )
         .await?;
     let reader = SqlitePoolOptions::new()
         .max_connections(READERS)
@@ -184,6 +194,59 @@ impl SqlDriver for SqliteDriver {
         .map_err(std::io::Error::other)
         .and_then(|r| r)
         .map_err(|source| MetaError::Lock { role, source })
+    }
+
+    /// Drops the tables and creates them again from their own rows in
+    /// `sqlite_master`, so the schema stays the migrations' alone.
+    ///
+    /// Why not `DELETE`: on a table that foreign keys name, SQLite deletes
+    /// row by row, updating every index and checking every reference (34 s
+    /// of a 74 s rebuild of 1M events went there). A table that no foreign
+    /// key names is dropped page by page without reading its rows, and
+    /// dropping the children first leaves the parents unnamed. DDL is
+    /// transactional here: until commit, readers see the old tables.
+    async fn empty_tables(
+        &self,
+        tx: &mut dyn SqlConn,
+        tables: &[&'static str],
+    ) -> Result<(), MetaError> {
+        let marks = (1..=tables.len())
+            .map(|i| format!("?{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let args: Vec<Arg> = tables.iter().map(|t| (*t).into()).collect();
+        // Tables before their indexes; automatic indexes have no SQL.
+        let schema = tx
+            .fetch(
+                &format!(
+                    "SELECT type, tbl_name, sql FROM sqlite_master \
+                     WHERE tbl_name IN ({marks}) AND sql IS NOT NULL \
+                     ORDER BY type = 'index', rowid"
+                ),
+                &args,
+            )
+            .await?;
+        let schema = schema
+            .iter()
+            .map(|r| Ok((r.text("type")?, r.text("tbl_name")?, r.text("sql")?)))
+            .collect::<Result<Vec<_>, MetaError>>()?;
+        let mut creates = Vec::with_capacity(schema.len());
+        for table in tables {
+            let own: Vec<_> = schema.iter().filter(|(_, t, _)| t == table).collect();
+            if own.first().is_none_or(|(kind, _, _)| kind != "table") {
+                return Err(MetaError::Corrupt(format!(
+                    "no table {table} in the schema"
+                )));
+            }
+            creates.extend(own.into_iter().map(|(_, _, sql)| sql.as_str()));
+        }
+        for table in tables.iter().rev() {
+            tx.execute(&format!("DROP TABLE {table}"), &[]).await?;
+        }
+        for sql in creates {
+            tx.execute(sql, &[]).await?;
+        }
+        Ok(())
     }
 
     async fn scratch(&self) -> Result<SqlMetadata, MetaError> {
