@@ -20,6 +20,8 @@ use artifactstore_core::{BlobId, Digest};
 use bytes::Bytes;
 use futures::StreamExt;
 
+mod group;
+
 use crate::blob::fs::FsBlobStore;
 use crate::blob::{BlobBackend, BlobError, ByteStream, StagingKind};
 use crate::clock::{Clock, SystemClock};
@@ -138,6 +140,8 @@ pub struct Store {
     /// The last seq this process committed, for live followers of the log.
     head: tokio::sync::watch::Sender<u64>,
     pub(crate) stats: Arc<Counters>,
+    /// Package creations waiting to be committed together.
+    packages: group::Group,
 }
 
 /// What this process has done since it started, for `/metrics`.
@@ -188,6 +192,7 @@ impl Store {
             sessions: Mutex::new(HashMap::new()),
             head: tokio::sync::watch::Sender::new(0),
             stats: Arc::default(),
+            packages: group::Group::default(),
         }
     }
 
@@ -440,39 +445,38 @@ impl Store {
                 known: self.classes.keys().cloned().collect(),
             })?;
         let refs = References::of(manifest);
-        refs.verdict(&self.meta.blobs_by_sha256(&refs.sha256()).await?)?;
-
         let bytes = Bytes::from(manifest.to_canonical_bytes());
         let manifest_id = BlobId::of(&bytes);
+        // One look-up for the files' blobs and the manifest's own.
+        let mut wanted = refs.sha256();
+        wanted.push(manifest_id.sha256);
+        let found = self.meta.blobs_by_sha256(&wanted).await?;
+        refs.verdict(&found)?;
+
         // Until a package references it, a manifest is an unreferenced blob
         // like any other, so it is stored in the package's own transaction:
         // a collector cannot take it in between. Its bytes are staged first,
         // outside the lock, unless it is stored already.
         let mut staged = None;
-        if self
-            .meta
-            .blob(&manifest_id.sha256_digest())
-            .await?
-            .is_none()
-        {
+        if !found.iter().any(|r| r.blob.sha256 == manifest_id.sha256) {
             staged = Some(self.stage_bytes(bytes.clone(), &manifest_id).await?);
         }
-        let result = self
-            .commit_package(
-                manifest,
-                &manifest_id,
-                class,
-                &rule,
-                &refs,
-                &bytes,
-                &mut staged,
-                actor,
-            )
-            .await;
+        let job = group::PackageJob {
+            id: self.new_id(),
+            manifest: manifest.clone(),
+            manifest_id,
+            class: class.to_owned(),
+            rule,
+            bytes,
+            staged: staged.clone(),
+            actor: actor.to_owned(),
+            retried: false,
+        };
+        let result = self.commit_grouped(job).await;
         if let Some((id, _)) = staged {
             self.discard_staging(&id).await;
         }
-        result
+        self.package(&result?).await
     }
 
     /// Writes bytes whose digests are already known to a new staging object
@@ -480,16 +484,7 @@ impl Store {
     /// location.
     async fn stage_bytes(&self, bytes: Bytes, blob: &BlobId) -> Result<(String, String)> {
         let id = self.new_id();
-        self.blobs.staging_create(&id, StagingKind::Request).await?;
-        let committed = async {
-            let hashed = HashState::of(&bytes);
-            let mut w = self.blobs.staging_append(&id).await?;
-            w.write(bytes).await?;
-            w.finish(&hashed).await?;
-            self.blobs.staging_commit(&id, blob).await
-        }
-        .await;
-        match committed {
+        match self.blobs.staging_put(&id, bytes, blob).await {
             Ok(location) => Ok((id, location)),
             Err(e) => {
                 self.discard_staging(&id).await;
@@ -505,6 +500,8 @@ impl Store {
     #[allow(clippy::too_many_arguments)]
     async fn commit_package(
         &self,
+        id: &str,
+        retried: bool,
         manifest: &Manifest,
         manifest_id: &BlobId,
         class: &str,
@@ -513,7 +510,7 @@ impl Store {
         bytes: &Bytes,
         staged: &mut Option<(String, String)>,
         actor: &str,
-    ) -> Result<PackageRecord> {
+    ) -> Result<String> {
         let mut tx = loop {
             let mut tx = self.meta.begin().await?;
             let present = tx.blob(&manifest_id.sha256_digest()).await?.is_some();
@@ -523,10 +520,42 @@ impl Store {
             drop(tx);
             *staged = Some(self.stage_bytes(bytes.clone(), manifest_id).await?);
         };
+        // A retry of a creation whose first attempt may have committed.
+        if retried && tx.package(id).await?.is_some() {
+            return Ok(id.to_owned());
+        }
         refs.verdict(&tx.blobs_by_sha256(&refs.sha256()).await?)?;
-        let id = self.new_id();
+        let (created, default) =
+            self.package_events(id, manifest, manifest_id, class, rule, actor)?;
+        let mut appended = 2;
+        if let Some((id, location)) = staged.as_ref() {
+            let stored = self
+                .record_blob(&mut tx, id, *manifest_id, location.clone(), actor)
+                .await?;
+            if stored.created {
+                appended += 1;
+            }
+        }
+        tx.append(created, Some(manifest)).await?;
+        let last = tx.append(default, None).await?;
+        tx.commit().await?;
+        self.published(last.seq(), appended);
+        Ok(id.to_owned())
+    }
+
+    /// Package `id`'s two events: `v1.package.created` and
+    /// `v1.retention.default_applied`, its expiry fixed from the class now.
+    fn package_events(
+        &self,
+        id: &str,
+        manifest: &Manifest,
+        manifest_id: &BlobId,
+        class: &str,
+        rule: &ClassRule,
+        actor: &str,
+    ) -> Result<(EventDraft, EventDraft)> {
         let created = self.draft(
-            &id,
+            id,
             actor,
             EventData::PackageCreated {
                 name: manifest.name().to_owned(),
@@ -548,20 +577,7 @@ impl Store {
             id: self.new_id(),
             ..created.clone()
         };
-        let mut appended = 2;
-        if let Some((id, location)) = staged.as_ref() {
-            let stored = self
-                .record_blob(&mut tx, id, *manifest_id, location.clone(), actor)
-                .await?;
-            if stored.created {
-                appended += 1;
-            }
-        }
-        tx.append(created, Some(manifest)).await?;
-        let last = tx.append(default, None).await?;
-        tx.commit().await?;
-        self.published(last.seq(), appended);
-        self.package(&id).await
+        Ok((created, default))
     }
 
     pub async fn package(&self, id: &str) -> Result<PackageRecord> {
@@ -935,7 +951,7 @@ impl Store {
         tx: &mut Box<dyn MetaTx>,
         id: &str,
         blob: BlobId,
-        mut location: String,
+        location: String,
         actor: &str,
     ) -> Result<StoredBlob> {
         if let Some(record) = tx.blob(&blob.sha256_digest()).await? {
@@ -950,7 +966,26 @@ impl Store {
                 created: false,
             });
         }
-        if !self.blobs.fresh_locations() && self.blobs.stat(&location).await? != Some(blob.size) {
+        let present =
+            self.blobs.fresh_locations() || self.blobs.stat(&location).await? == Some(blob.size);
+        self.record_new_blob(tx, id, blob, location, present, actor)
+            .await
+    }
+
+    /// The second half of [`Store::record_blob`], for a blob known to have
+    /// no row: `present` tells whether its bytes were found at `location`
+    /// under the lock (if not, a collector took them since they were
+    /// committed, and they are committed again from the staging object).
+    async fn record_new_blob(
+        &self,
+        tx: &mut Box<dyn MetaTx>,
+        id: &str,
+        blob: BlobId,
+        mut location: String,
+        present: bool,
+        actor: &str,
+    ) -> Result<StoredBlob> {
+        if !present {
             location = self.blobs.staging_commit(id, &blob).await?;
         }
         let data = EventData::BlobStored {

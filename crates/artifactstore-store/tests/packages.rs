@@ -336,7 +336,135 @@ async fn listing_filters_and_pages_stay_correct_while_packages_are_added(pair: T
     );
 }
 
+/// Creations that arrive together are committed together (group commit);
+/// each still gets its own outcome: a package with a missing blob is
+/// refused alone, identical manifests make two packages over one stored
+/// manifest, and every package is in the log exactly once.
+async fn concurrent_creations_each_get_their_own_outcome(pair: TestPair) {
+    let f = fixture(pair).await;
+    let mut blobs = Vec::new();
+    for i in 0..8u8 {
+        let data = pattern(100 + usize::from(i), i);
+        upload(&f.store, &data).await;
+        blobs.push(data);
+    }
+    let mut tasks = Vec::new();
+    for i in 0..48usize {
+        let store = f.store.clone();
+        let data = blobs[i % blobs.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            // Every sixth refers to bytes never uploaded; pairs i, i + 24
+            // of the same kind share a manifest.
+            let name = format!("team/app{}", i % 24);
+            let m = if i % 6 == 5 {
+                manifest(&name, &[("f.bin", b"never uploaded")])
+            } else {
+                manifest(&name, &[("f.bin", &data)])
+            };
+            (i, store.create_package(&m, "scratch", "ci").await)
+        }));
+    }
+    let mut created = Vec::new();
+    for task in tasks {
+        let (i, outcome) = task.await.unwrap();
+        match outcome {
+            Ok(p) if i % 6 != 5 => created.push(p),
+            Err(StoreError::MissingBlobs(missing)) if i % 6 == 5 => {
+                assert_eq!(missing, [BlobId::of(b"never uploaded").sha256_digest()]);
+            }
+            other => panic!("creation {i}: {other:?}"),
+        }
+    }
+    assert_eq!(created.len(), 40);
+    let listed = f
+        .store
+        .packages(&PackageFilter::default(), 0, 1000)
+        .await
+        .unwrap()
+        .items;
+    let mut ids: Vec<&str> = listed.iter().map(|p| p.id.as_str()).collect();
+    ids.sort_unstable();
+    let mut answered: Vec<&str> = created.iter().map(|p| p.id.as_str()).collect();
+    answered.sort_unstable();
+    assert_eq!(ids, answered, "the log holds exactly the answered packages");
+    // 8 file blobs, 20 distinct manifests, two events per package.
+    let types = event_types(&f.store).await;
+    let count = |t: &str| types.iter().filter(|x| **x == t).count();
+    assert_eq!(count("v1.blob.stored"), 8 + 20);
+    assert_eq!(count("v1.package.created"), 40);
+    assert_eq!(count("v1.retention.default_applied"), 40);
+}
+
+/// A creation whose caller goes away may be leading a group that others
+/// wait on: they are still answered, and no package is created twice.
+async fn a_cancelled_creation_leaves_the_others_whole(pair: TestPair) {
+    let f = fixture(pair).await;
+    let data = pattern(300, 9);
+    upload(&f.store, &data).await;
+    let mut cancelled = Vec::new();
+    let mut answered = Vec::new();
+    for round in 0..24usize {
+        let mut tasks = Vec::new();
+        for i in 0..6usize {
+            let store = f.store.clone();
+            let m = manifest(&format!("team/r{round}-{i}"), &[("f.bin", &data)]);
+            tasks.push(tokio::spawn(async move {
+                store.create_package(&m, "scratch", "ci").await
+            }));
+        }
+        // Cut one short after a varying time: sometimes before it queued,
+        // sometimes while it leads a group, sometimes after it committed.
+        let m = manifest(&format!("team/r{round}-cut"), &[("f.bin", &data)]);
+        let after = std::time::Duration::from_micros(250 * round as u64);
+        let _ = tokio::time::timeout(after, f.store.create_package(&m, "scratch", "ci")).await;
+        cancelled.push(format!("team/r{round}-cut"));
+        for task in tasks {
+            answered.push(
+                task.await
+                    .unwrap()
+                    .expect("a creation beside a cancelled one")
+                    .name,
+            );
+        }
+    }
+    // A later creation drains anything left queued.
+    let last = manifest("team/last", &[("f.bin", &data)]);
+    answered.push(
+        f.store
+            .create_package(&last, "scratch", "ci")
+            .await
+            .unwrap()
+            .name,
+    );
+    let listed = f
+        .store
+        .packages(&PackageFilter::default(), 0, 1000)
+        .await
+        .unwrap()
+        .items;
+    let names: Vec<&str> = listed.iter().map(|p| p.name.as_str()).collect();
+    for name in &answered {
+        assert_eq!(names.iter().filter(|n| *n == name).count(), 1, "{name}");
+    }
+    for name in &cancelled {
+        assert!(
+            names.iter().filter(|n| *n == name).count() <= 1,
+            "{name} twice"
+        );
+    }
+    assert_eq!(
+        names.len(),
+        answered.len()
+            + cancelled
+                .iter()
+                .filter(|c| names.contains(&c.as_str()))
+                .count()
+    );
+}
+
 artifactstore_store::on_both_pairs!(
+    concurrent_creations_each_get_their_own_outcome,
+    a_cancelled_creation_leaves_the_others_whole,
     creation_writes_both_events_and_the_views,
     expiry_is_fixed_from_the_class_at_creation,
     an_empty_package_is_allowed,

@@ -180,13 +180,21 @@ fn not_found_to_none<T>(r: std::io::Result<T>) -> std::io::Result<Option<T>> {
 impl BlobBackend for FsBlobStore {
     /// Both kinds are files: a request's staging needs its bytes on disk
     /// before the commit as much as a session's.
-    async fn staging_create(&self, id: &str, _kind: StagingKind) -> Result<(), BlobError> {
+    /// A session's file is made durable before the session is
+    /// acknowledged: a client resumes it after a crash. A request's is not:
+    /// after a crash nothing was acknowledged and the file is the
+    /// collector's. What a request must make durable, the blob's bytes and
+    /// its name under `blobs/`, is synced by finish and commit.
+    async fn staging_create(&self, id: &str, kind: StagingKind) -> Result<(), BlobError> {
         let path = self.staging_path(id)?;
         blocking(move || {
             let f = OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .open(&path)?;
+            if kind == StagingKind::Request {
+                return Ok(());
+            }
             f.sync_all()?;
             fsync_dir(path.parent().unwrap_or(Path::new(".")))
         })
@@ -290,58 +298,44 @@ impl BlobBackend for FsBlobStore {
     }
 
     async fn staging_commit(&self, id: &str, blob: &BlobId) -> Result<String, BlobError> {
-        let from = self.staging_path(id)?;
-        let location = FsBlobStore::location_of(blob);
-        let to = self.blob_path(&location)?;
-        let root = self.root.clone();
-        let rel_dir = Path::new(&location)
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        let id_owned = id.to_owned();
-        let size = blob.size;
+        let place = self.placement(id, blob)?;
+        let location = place.location.clone();
         blocking(move || {
-            if !from.exists() {
+            if !place.from.exists() {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::NotFound,
-                    format!("staging {id_owned}"),
+                    format!("staging {}", place.id),
                 ));
             }
-            create_dir_durable(&root, &rel_dir)?;
-            // A link, not a rename: the staged bytes stay reachable until
-            // the engine has recorded the blob, so it can place them again
-            // if a collector removed what was at the location meanwhile.
-            // Bytes already there (a concurrent upload of the same blob,
-            // or one that crashed before recording it) are the same bytes.
-            match std::fs::hard_link(&from, &to) {
-                Ok(()) => fsync_dir(&root.join(&rel_dir)),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    if std::fs::metadata(&to)?.len() == size {
-                        return Ok(());
-                    }
-                    // Not these bytes (damaged, or not ours): replaced
-                    // atomically through a second name for the staged file.
-                    // A valid staging name of the same age, so that a crash
-                    // here leaves nothing the collector cannot remove.
-                    let aside = from.with_file_name(format!("{id_owned}-replace"));
-                    let _ = std::fs::remove_file(&aside);
-                    std::fs::hard_link(&from, &aside)?;
-                    rename_durable(&aside, &to)
-                }
-                Err(e) => Err(e),
-            }
+            place.link()
         })
         .await
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                BlobError::StagingNotFound(id.to_owned())
-            } else {
-                BlobError::Io {
-                    context: format!("committing staging {id} to {location}"),
-                    source: e,
-                }
-            }
-        })?;
+        .map_err(|e| commit_error(id, &location, e))?;
+        Ok(location)
+    }
+
+    /// The whole of create, append, finish and commit in one blocking
+    /// call: the bytes are in memory, and each step's hand-off to a thread
+    /// costs more than writing a small blob (a manifest) does.
+    async fn staging_put(
+        &self,
+        id: &str,
+        bytes: Bytes,
+        blob: &BlobId,
+    ) -> Result<String, BlobError> {
+        let place = self.placement(id, blob)?;
+        let location = place.location.clone();
+        blocking(move || {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&place.from)?;
+            file.write_all(&bytes)?;
+            file.sync_data()?;
+            place.link()
+        })
+        .await
+        .map_err(|e| commit_error(id, &location, e))?;
         Ok(location)
     }
 
@@ -505,6 +499,75 @@ impl BlobBackend for FsBlobStore {
 enum Opened {
     Read(Bytes),
     Large(File, u64),
+}
+
+/// Where a staged blob goes: its staging file and its place under `blobs/`.
+struct Placement {
+    id: String,
+    from: PathBuf,
+    location: String,
+    to: PathBuf,
+    root: PathBuf,
+    rel_dir: PathBuf,
+    size: u64,
+}
+
+impl FsBlobStore {
+    fn placement(&self, id: &str, blob: &BlobId) -> Result<Placement, BlobError> {
+        let location = FsBlobStore::location_of(blob);
+        Ok(Placement {
+            id: id.to_owned(),
+            from: self.staging_path(id)?,
+            to: self.blob_path(&location)?,
+            root: self.root.clone(),
+            rel_dir: Path::new(&location)
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default(),
+            location,
+            size: blob.size,
+        })
+    }
+}
+
+impl Placement {
+    /// Links the staged file into place, durably.
+    fn link(&self) -> std::io::Result<()> {
+        create_dir_durable(&self.root, &self.rel_dir)?;
+        // A link, not a rename: the staged bytes stay reachable until
+        // the engine has recorded the blob, so it can place them again
+        // if a collector removed what was at the location meanwhile.
+        // Bytes already there (a concurrent upload of the same blob,
+        // or one that crashed before recording it) are the same bytes.
+        match std::fs::hard_link(&self.from, &self.to) {
+            Ok(()) => fsync_dir(&self.root.join(&self.rel_dir)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                if std::fs::metadata(&self.to)?.len() == self.size {
+                    return Ok(());
+                }
+                // Not these bytes (damaged, or not ours): replaced
+                // atomically through a second name for the staged file.
+                // A valid staging name of the same age, so that a crash
+                // here leaves nothing the collector cannot remove.
+                let aside = self.from.with_file_name(format!("{}-replace", self.id));
+                let _ = std::fs::remove_file(&aside);
+                std::fs::hard_link(&self.from, &aside)?;
+                rename_durable(&aside, &self.to)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn commit_error(id: &str, location: &str, e: std::io::Error) -> BlobError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        BlobError::StagingNotFound(id.to_owned())
+    } else {
+        BlobError::Io {
+            context: format!("committing staging {id} to {location}"),
+            source: e,
+        }
+    }
 }
 
 /// Appends on a dedicated thread, so that disk writes overlap with receiving

@@ -535,13 +535,14 @@ const VIEWS: &[(&str, &str)] = &[
     ("holds", "SELECT * FROM holds ORDER BY package_id, hold_id"),
 ];
 
-/// The view tables events insert rows into, in the order pending rows are
-/// sent: `packages` first, since every foreign key points at it. (Order of
-/// appearance would not do: a batch that begins with the `retention_state`
-/// row of a package sent earlier would send the next package's row there
-/// before that package's own row.)
+/// The tables an append inserts rows into (the log, then the views), in
+/// the order pending rows are sent: `packages` before the views whose
+/// foreign keys point at it. (Order of appearance would not do: a batch
+/// that begins with the `retention_state` row of a package sent earlier
+/// would send the next package's row there before that package's own row.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum ViewTable {
+enum Table {
+    Events,
     Packages,
     Blobs,
     PackageFiles,
@@ -549,38 +550,40 @@ enum ViewTable {
     Holds,
 }
 
-impl ViewTable {
+impl Table {
     /// Every view table, parents first.
-    const ALL: [ViewTable; 5] = [
-        ViewTable::Packages,
-        ViewTable::Blobs,
-        ViewTable::PackageFiles,
-        ViewTable::RetentionState,
-        ViewTable::Holds,
+    const VIEWS: [Table; 5] = [
+        Table::Packages,
+        Table::Blobs,
+        Table::PackageFiles,
+        Table::RetentionState,
+        Table::Holds,
     ];
 
     fn name(self) -> &'static str {
         match self {
-            ViewTable::Packages => "packages",
-            ViewTable::Blobs => "blobs",
-            ViewTable::PackageFiles => "package_files",
-            ViewTable::RetentionState => "retention_state",
-            ViewTable::Holds => "holds",
+            Table::Events => "events",
+            Table::Packages => "packages",
+            Table::Blobs => "blobs",
+            Table::PackageFiles => "package_files",
+            Table::RetentionState => "retention_state",
+            Table::Holds => "holds",
         }
     }
 
     fn insert_into(self) -> &'static str {
         match self {
-            ViewTable::Packages => {
+            Table::Events => "events (seq, id, type, subject, at, body, hash)",
+            Table::Packages => {
                 "packages (id, name, manifest_sha256, manifest_blake3, file_count, total_size, \
                  retention_class, created_seq, created_at, created_by)"
             }
-            ViewTable::Blobs => "blobs (sha256, blake3, size, location, stored_seq, stored_at)",
-            ViewTable::PackageFiles => {
+            Table::Blobs => "blobs (sha256, blake3, size, location, stored_seq, stored_at)",
+            Table::PackageFiles => {
                 "package_files (package_id, path, sha256, blake3, size, media_type)"
             }
-            ViewTable::RetentionState => "retention_state (package_id, class, current_expires_at)",
-            ViewTable::Holds => {
+            Table::RetentionState => "retention_state (package_id, class, current_expires_at)",
+            Table::Holds => {
                 "holds (package_id, hold_id, reason, applied_by, applied_at, applied_seq)"
             }
         }
@@ -590,10 +593,10 @@ impl ViewTable {
 /// One statement an event makes on the views.
 #[derive(Debug)]
 enum ViewOp {
-    /// A row for `table`, its values in [`ViewTable::insert_into`]'s column
+    /// A row for `table`, its values in [`Table::insert_into`]'s column
     /// order. Pending rows go to the database together, one statement per
-    /// table, tables in [`ViewTable`] order.
-    Insert { table: ViewTable, row: Vec<Arg> },
+    /// table, tables in [`Table`] order.
+    Insert { table: Table, row: Vec<Arg> },
     /// A statement that must change exactly one row: if it does not, the
     /// event does not fit the views it is applied to.
     One { sql: &'static str, args: Vec<Arg> },
@@ -620,7 +623,7 @@ fn view_ops(event: &Event, manifest: Option<&Manifest>) -> Result<Vec<ViewOp>, M
     let subject = event.subject();
     Ok(match event.data() {
         EventData::BlobStored { blob, location } => vec![ViewOp::Insert {
-            table: ViewTable::Blobs,
+            table: Table::Blobs,
             row: vec![
                 (&blob.sha256).into(),
                 (&blob.blake3).into(),
@@ -678,7 +681,7 @@ fn view_ops(event: &Event, manifest: Option<&Manifest>) -> Result<Vec<ViewOp>, M
             }
             let mut ops = Vec::with_capacity(1 + m.files().len());
             ops.push(ViewOp::Insert {
-                table: ViewTable::Packages,
+                table: Table::Packages,
                 row: vec![
                     subject.into(),
                     name.into(),
@@ -694,7 +697,7 @@ fn view_ops(event: &Event, manifest: Option<&Manifest>) -> Result<Vec<ViewOp>, M
             });
             for f in m.files() {
                 ops.push(ViewOp::Insert {
-                    table: ViewTable::PackageFiles,
+                    table: Table::PackageFiles,
                     row: vec![
                         subject.into(),
                         (&f.path).into(),
@@ -708,7 +711,7 @@ fn view_ops(event: &Event, manifest: Option<&Manifest>) -> Result<Vec<ViewOp>, M
             ops
         }
         EventData::RetentionDefaultApplied { class, expires_at } => vec![ViewOp::Insert {
-            table: ViewTable::RetentionState,
+            table: Table::RetentionState,
             row: vec![subject.into(), class.into(), (*expires_at).into()],
         }],
         EventData::RetentionExtended { new_expires_at, .. } => vec![one(
@@ -718,7 +721,7 @@ fn view_ops(event: &Event, manifest: Option<&Manifest>) -> Result<Vec<ViewOp>, M
         )],
         EventData::RetentionHoldApplied { hold_id, reason } => vec![
             ViewOp::Insert {
-                table: ViewTable::Holds,
+                table: Table::Holds,
                 row: vec![
                     subject.into(),
                     hold_id.into(),
@@ -788,12 +791,12 @@ fn view_ops(event: &Event, manifest: Option<&Manifest>) -> Result<Vec<ViewOp>, M
 /// Rows waiting to be inserted, by table.
 #[derive(Debug, Default)]
 struct PendingRows {
-    tables: std::collections::BTreeMap<ViewTable, (usize, Vec<Arg>)>,
+    tables: std::collections::BTreeMap<Table, (usize, Vec<Arg>)>,
     params: usize,
 }
 
 impl PendingRows {
-    fn add(&mut self, table: ViewTable, row: Vec<Arg>) {
+    fn add(&mut self, table: Table, row: Vec<Arg>) {
         self.params += row.len();
         let (width, args) = self.tables.entry(table).or_insert((row.len(), Vec::new()));
         debug_assert_eq!(*width, row.len(), "rows of {table:?} differ in width");
@@ -815,35 +818,100 @@ impl PendingRows {
 }
 
 /// Applies events to the views, in order: each event's statements as
-/// [`view_ops`] gives them, with the inserts of consecutive events sent as
-/// one multi-row statement per table. One event is an append; a page of
-/// the log is a rebuild, where one round trip per row was most of the time.
+/// [`view_ops`] gives them, inserts held back by `conn` so that those of
+/// consecutive events go as one multi-row statement per table. One event is
+/// an append; a page of the log is a rebuild, where one round trip per row
+/// was most of the time.
 async fn apply(
-    conn: &mut dyn SqlConn,
+    conn: &mut Deferred,
     events: &[(&Event, Option<&Manifest>)],
 ) -> Result<(), MetaError> {
-    let mut pending = PendingRows::default();
     for (event, manifest) in events {
         for op in view_ops(event, *manifest)? {
             match op {
-                ViewOp::Insert { table, row } => {
-                    if pending.params + row.len() > MAX_PARAMS {
-                        pending.flush(conn).await?;
-                    }
-                    pending.add(table, row);
-                }
-                ViewOp::One { sql, args } => {
-                    pending.flush(conn).await?;
-                    update_one(conn, event, sql, &args).await?;
-                }
+                ViewOp::Insert { table, row } => conn.insert(table, row).await?,
+                ViewOp::One { sql, args } => update_one(conn, event, sql, &args).await?,
                 ViewOp::Any { sql, args } => {
-                    pending.flush(conn).await?;
                     conn.execute(sql, &args).await?;
                 }
             }
         }
     }
-    pending.flush(conn).await
+    Ok(())
+}
+
+/// A write transaction's connection that holds inserts back: their rows
+/// wait, by table, until any other statement or the commit, and then go as
+/// one multi-row statement per table ([`Table`] order). Statements are
+/// round trips, and a transaction's inserts are most of its statements.
+struct Deferred {
+    tx: Box<dyn SqlTxConn>,
+    pending: PendingRows,
+    /// Sending held-back rows failed: the transaction lacks rows its writes
+    /// counted on, so it runs nothing more and cannot commit.
+    failed: bool,
+}
+
+impl Deferred {
+    fn new(tx: Box<dyn SqlTxConn>) -> Deferred {
+        Deferred {
+            tx,
+            pending: PendingRows::default(),
+            failed: false,
+        }
+    }
+
+    async fn insert(&mut self, table: Table, row: Vec<Arg>) -> Result<(), MetaError> {
+        if self.pending.params + row.len() > MAX_PARAMS {
+            self.flush().await?;
+        }
+        self.pending.add(table, row);
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), MetaError> {
+        if self.failed {
+            return Err(MetaError::Corrupt(
+                "rows of this transaction could not be written; it can only be rolled back".into(),
+            ));
+        }
+        let sent = self.pending.flush(&mut *self.tx).await;
+        self.failed = sent.is_err();
+        sent
+    }
+
+    async fn commit(mut self) -> Result<(), MetaError> {
+        self.flush().await?;
+        self.tx.commit().await
+    }
+}
+
+#[async_trait]
+impl SqlConn for Deferred {
+    async fn fetch(&mut self, sql: &str, args: &[Arg]) -> Result<Vec<Row>, MetaError> {
+        self.flush().await?;
+        self.tx.fetch(sql, args).await
+    }
+
+    async fn fetch_each(
+        &mut self,
+        sql: &str,
+        args: &[Arg],
+        each: &mut (dyn FnMut(Row) -> Result<(), MetaError> + Send),
+    ) -> Result<(), MetaError> {
+        self.flush().await?;
+        self.tx.fetch_each(sql, args, each).await
+    }
+
+    async fn execute(&mut self, sql: &str, args: &[Arg]) -> Result<u64, MetaError> {
+        self.flush().await?;
+        self.tx.execute(sql, args).await
+    }
+
+    async fn execute_script(&mut self, sql: &str) -> Result<(), MetaError> {
+        self.flush().await?;
+        self.tx.execute_script(sql).await
+    }
 }
 
 const SESSION_COLUMNS: &str = "SELECT id, created_at, actor FROM upload_sessions";
@@ -856,7 +924,7 @@ impl MetadataStore for SqlMetadata {
             head_moved: false,
             applied: None,
             failed: false,
-            tx: self.driver.begin_write().await?,
+            tx: Deferred::new(self.driver.begin_write().await?),
             driver: self.driver.clone(),
         }))
     }
@@ -1067,7 +1135,7 @@ impl MetadataStore for SqlMetadata {
 /// statements less per event: statements are round trips, and they are
 /// what an append costs).
 struct SqlTx {
-    tx: Box<dyn SqlTxConn>,
+    tx: Deferred,
     driver: Arc<dyn SqlDriver>,
     head: Option<(u64, Hash)>,
     /// Whether events were written since the head was read.
@@ -1101,22 +1169,16 @@ impl SqlTx {
 
     /// Stores a sealed event as the new head and applies it to the views.
     async fn write(&mut self, event: &Event, manifest: Option<&Manifest>) -> Result<(), MetaError> {
-        let seq = i64_of(event.seq())?;
-        self.tx
-            .execute(
-                "INSERT INTO events (seq, id, type, subject, at, body, hash) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                &[
-                    seq.into(),
-                    event.id().into(),
-                    event.type_name().into(),
-                    event.subject().into(),
-                    event.at().into(),
-                    event.canonical_bytes()[..].into(),
-                    event.hash().into(),
-                ],
-            )
-            .await?;
+        let row = vec![
+            i64_of(event.seq())?.into(),
+            event.id().into(),
+            event.type_name().into(),
+            event.subject().into(),
+            event.at().into(),
+            event.canonical_bytes()[..].into(),
+            event.hash().into(),
+        ];
+        self.tx.insert(Table::Events, row).await?;
         self.apply(&[(event, manifest)]).await?;
         self.head = Some((event.seq(), *event.hash()));
         self.head_moved = true;
@@ -1124,7 +1186,7 @@ impl SqlTx {
     }
 
     async fn apply(&mut self, events: &[(&Event, Option<&Manifest>)]) -> Result<(), MetaError> {
-        apply(&mut *self.tx, events).await?;
+        apply(&mut self.tx, events).await?;
         if let Some((last, _)) = events.last() {
             self.applied = Some(last.seq());
         }
@@ -1150,11 +1212,11 @@ impl SqlTx {
 #[async_trait]
 impl MetaTx for SqlTx {
     async fn blob(&mut self, digest: &Digest) -> Result<Option<BlobRecord>, MetaError> {
-        find_blob(&mut *self.tx, digest).await
+        find_blob(&mut self.tx, digest).await
     }
 
     async fn blobs_by_sha256(&mut self, sha256: &[Hash]) -> Result<Vec<BlobRecord>, MetaError> {
-        find_blobs(&mut *self.tx, sha256).await
+        find_blobs(&mut self.tx, sha256).await
     }
 
     async fn append(
@@ -1197,7 +1259,7 @@ impl MetaTx for SqlTx {
     }
 
     async fn package(&mut self, id: &str) -> Result<Option<PackageRecord>, MetaError> {
-        find_package(&mut *self.tx, id).await
+        find_package(&mut self.tx, id).await
     }
 
     async fn hold(&mut self, package_id: &str, hold_id: &str) -> Result<Option<Hold>, MetaError> {
@@ -1218,13 +1280,13 @@ impl MetaTx for SqlTx {
     ) -> Result<Vec<PackageRecord>, MetaError> {
         let due = "current_expires_at IS NOT NULL AND eligible_for_deletion = 0 \
              AND current_expires_at <= ?1 AND active_holds = 0 ORDER BY current_expires_at";
-        packages_by_retention(&mut *self.tx, due, now, limit).await
+        packages_by_retention(&mut self.tx, due, now, limit).await
     }
 
     async fn reset_views(&mut self) -> Result<(), MetaError> {
         self.guarded(async |tx: &mut SqlTx| {
-            let tables = ViewTable::ALL.map(ViewTable::name);
-            tx.driver.empty_tables(&mut *tx.tx, &tables).await?;
+            let tables = Table::VIEWS.map(Table::name);
+            tx.driver.empty_tables(&mut tx.tx, &tables).await?;
             tx.tx
                 .execute("UPDATE views_state SET applied_seq = 0 WHERE id = 1", &[])
                 .await?;
@@ -1252,7 +1314,7 @@ impl MetaTx for SqlTx {
     ) -> Result<Vec<PackageRecord>, MetaError> {
         let collectable = "eligible_for_deletion = 1 AND deleted_seq IS NULL \
              AND active_holds = 0 AND current_expires_at <= ?1 ORDER BY package_id";
-        packages_by_retention(&mut *self.tx, collectable, now, limit).await
+        packages_by_retention(&mut self.tx, collectable, now, limit).await
     }
 
     async fn exclusive_bytes(&mut self, package_id: &str) -> Result<u64, MetaError> {
