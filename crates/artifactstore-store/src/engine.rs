@@ -430,7 +430,8 @@ impl Store {
     /// and `v1.retention.default_applied` (its `expires_at` fixed from the
     /// class now) commit together with their views. The reference check is
     /// repeated inside that transaction, so a blob cannot disappear between
-    /// the check and the commit.
+    /// the check and the commit. Creations that arrive together share one
+    /// transaction, each decided on its own (see `engine/group.rs`).
     pub async fn create_package(
         &self,
         manifest: &Manifest,
@@ -493,7 +494,9 @@ impl Store {
         }
     }
 
-    /// The transaction of `create_package`. `staged` holds the manifest's
+    /// One package `id` in a transaction of its own (a group of one, or a
+    /// retry after its group failed; `retried`: look for `id` first, since
+    /// an earlier attempt may have committed). `staged` holds the manifest's
     /// staging object and location, if its bytes were staged. If the
     /// manifest turns out to be missing under the lock (collected since the
     /// early look), its bytes are staged and the transaction taken again.

@@ -10,7 +10,7 @@ use artifactstore_core::retention::ClassRule;
 use artifactstore_core::{BlobId, Timestamp};
 use artifactstore_store::clock::ManualClock;
 use artifactstore_store::conformance::pattern;
-use artifactstore_store::meta::PackageFilter;
+use artifactstore_store::meta::{PackageFilter, PackageRecord};
 use artifactstore_store::testing::TestPair;
 use artifactstore_store::{Store, StoreError, StoreOptions};
 use bytes::Bytes;
@@ -66,6 +66,14 @@ fn manifest(name: &str, files: &[(&str, &[u8])]) -> Manifest {
         .collect();
     entries.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
     Manifest::new(name.into(), entries, BTreeMap::new()).unwrap()
+}
+
+async fn every_package(store: &Store) -> Vec<PackageRecord> {
+    store
+        .packages(&PackageFilter::default(), 0, 1000)
+        .await
+        .unwrap()
+        .items
 }
 
 async fn event_types(store: &Store) -> Vec<&'static str> {
@@ -376,12 +384,7 @@ async fn concurrent_creations_each_get_their_own_outcome(pair: TestPair) {
         }
     }
     assert_eq!(created.len(), 40);
-    let listed = f
-        .store
-        .packages(&PackageFilter::default(), 0, 1000)
-        .await
-        .unwrap()
-        .items;
+    let listed = every_package(&f.store).await;
     let mut ids: Vec<&str> = listed.iter().map(|p| p.id.as_str()).collect();
     ids.sort_unstable();
     let mut answered: Vec<&str> = created.iter().map(|p| p.id.as_str()).collect();
@@ -436,12 +439,7 @@ async fn a_cancelled_creation_leaves_the_others_whole(pair: TestPair) {
             .unwrap()
             .name,
     );
-    let listed = f
-        .store
-        .packages(&PackageFilter::default(), 0, 1000)
-        .await
-        .unwrap()
-        .items;
+    let listed = every_package(&f.store).await;
     let names: Vec<&str> = listed.iter().map(|p| p.name.as_str()).collect();
     for name in &answered {
         assert_eq!(names.iter().filter(|n| *n == name).count(), 1, "{name}");
