@@ -107,7 +107,8 @@ where
 }
 
 async fn staging_round_trip(b: &dyn BlobBackend) {
-    let data = pattern(3 << 20 | 12345, 1);
+    // Large enough for the fs writer to flush early, more than once.
+    let data = pattern(9 << 20 | 12345, 1);
     let len = stage(b, "s-round-trip", &data, 70_001).await;
     assert_eq!(len, data.len() as u64, "staging_round_trip: finish length");
     assert_eq!(b.staging_len("s-round-trip").await.expect("len"), Some(len));
@@ -187,7 +188,9 @@ async fn parts_and_tails(b: &dyn BlobBackend, part: usize) {
 }
 
 async fn commit_then_read_whole_and_ranges(b: &dyn BlobBackend) {
-    let data = pattern(1 << 20, 3);
+    // Large enough for the fs backend to read it whole, and its longest
+    // range, on a thread of its own, in growing chunks.
+    let data = pattern(17 << 20 | 777, 3);
     let blob = BlobId::of(&data);
     stage(b, "s-commit", &data, 65_536).await;
     let loc = b.staging_commit("s-commit", &blob).await.expect("commit");
@@ -200,6 +203,9 @@ async fn commit_then_read_whole_and_ranges(b: &dyn BlobBackend) {
         (10, 20),
         (65_535, 65_537),
         (1_000_000, 1 << 20),
+        (100_000, 2_500_001),
+        (77, 17 << 20 | 700),
+        (17 << 20, 17 << 20 | 777),
     ] {
         let part = collect(b.read(&loc, Some(start..end)).await.expect("range")).await;
         assert!(

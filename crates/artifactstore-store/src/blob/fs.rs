@@ -31,6 +31,14 @@ const WRITE_BUFFER: usize = 1 << 20;
 const READ_BUFFER: usize = 256 << 10;
 /// Chunks queued for the writer thread before the sender waits.
 const WRITE_QUEUE: usize = 16;
+/// Reads longer than this run on a thread of their own (below it, the
+/// thread and its read-ahead cost more than they save: 4 MiB ranges
+/// measured 1.7 GiB/s through `tokio::fs` and 1.2 GiB/s on a thread).
+const READ_ON_THREAD: u64 = 16 << 20;
+/// Read size of a read on its own thread, and the chunks it reads ahead of
+/// the socket: at most 5 MiB in memory per download.
+const LARGE_READ: usize = 1 << 20;
+const READ_AHEAD: usize = 4;
 
 #[derive(Debug, Clone)]
 pub struct FsBlobStore {
@@ -368,7 +376,7 @@ impl BlobBackend for FsBlobStore {
                 std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start))?;
             }
             if left > READ_BUFFER as u64 {
-                return Ok(Some(Opened::Large(file, want)));
+                return Ok(Some(Opened::Large(file, left)));
             }
             let mut bytes = Vec::with_capacity(left as usize);
             std::io::Read::read_to_end(&mut std::io::Read::take(file, want), &mut bytes)?;
@@ -379,8 +387,9 @@ impl BlobBackend for FsBlobStore {
         .ok_or_else(|| BlobError::NotFound(location.to_owned()))?;
         Ok(match opened {
             Opened::Read(bytes) => futures::stream::once(std::future::ready(Ok(bytes))).boxed(),
-            Opened::Large(file, want) => {
-                let file = tokio::fs::File::from_std(file).take(want);
+            Opened::Large(file, left) if left > READ_ON_THREAD => read_on_thread(file, left),
+            Opened::Large(file, left) => {
+                let file = tokio::fs::File::from_std(file).take(left);
                 ReaderStream::with_capacity(file, READ_BUFFER).boxed()
             }
         })
@@ -494,6 +503,47 @@ impl BlobBackend for FsBlobStore {
     }
 }
 
+/// Streams up to `want` bytes of `file` from a thread of its own, which
+/// reads ahead of the consumer. Reading through `tokio::fs` instead costs
+/// a hand-off to the blocking pool for every read; a 1 GiB download was
+/// 4,096 of them.
+fn read_on_thread(mut file: File, want: u64) -> ByteStream {
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(READ_AHEAD);
+    let spawned = std::thread::Builder::new()
+        .name("blob-read".into())
+        .spawn(move || {
+            let mut left = want;
+            // The first read is small, so that the first bytes leave at once.
+            let mut size = READ_BUFFER as u64;
+            while left > 0 {
+                let n = left.min(size);
+                size = (size * 2).min(LARGE_READ as u64);
+                let mut chunk = Vec::with_capacity(n as usize);
+                let read =
+                    std::io::Read::read_to_end(&mut std::io::Read::take(&mut file, n), &mut chunk);
+                let next = match read {
+                    Ok(0) => return,
+                    Ok(got) => {
+                        left -= got as u64;
+                        Ok(Bytes::from(chunk))
+                    }
+                    Err(e) => {
+                        left = 0;
+                        Err(e)
+                    }
+                };
+                // The reader went away: nothing more to read for.
+                if tx.blocking_send(next).is_err() {
+                    return;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        return futures::stream::once(std::future::ready(Err(e))).boxed();
+    }
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) }).boxed()
+}
+
 /// A blob opened for reading: read already when small, else to be
 /// streamed (at most `.1` bytes).
 enum Opened {
@@ -570,6 +620,75 @@ fn commit_error(id: &str, location: &str, e: std::io::Error) -> BlobError {
     }
 }
 
+/// Bytes written between two early flushes of a staging file.
+const WRITEBACK_STEP: usize = 4 << 20;
+
+/// Flushes a large staging file while it is still being written, on a
+/// thread of its own, so that the disk works while the next bytes arrive
+/// and the sync that acknowledges an append finds at most a few MiB left
+/// (a session's `PATCH` of 16 MiB otherwise waits for all 16 MiB with the
+/// disk idle until then). `sync_file_range` would start writeback without
+/// waiting, but neither `std` nor `rustix` offers it and our code forbids
+/// `unsafe`; an `fdatasync` on a second thread does the same work. A small
+/// file never starts the thread.
+#[derive(Default)]
+struct EarlyWriteback {
+    unflushed: usize,
+    flusher: Option<Flusher>,
+}
+
+struct Flusher {
+    /// A capacity of one: a request made while a flush is still queued is
+    /// covered by that flush.
+    wake: std::sync::mpsc::SyncSender<()>,
+    thread: std::thread::JoinHandle<std::io::Result<()>>,
+}
+
+impl EarlyWriteback {
+    /// Counts `n` more bytes written through `w`; every `WRITEBACK_STEP`
+    /// bytes, hands them to the kernel and asks the flusher to sync.
+    fn wrote(&mut self, n: usize, w: &mut BufWriter<File>) -> std::io::Result<()> {
+        self.unflushed += n;
+        if self.unflushed < WRITEBACK_STEP {
+            return Ok(());
+        }
+        self.unflushed = 0;
+        w.flush()?;
+        if self.flusher.is_none() {
+            let file = w.get_ref().try_clone()?;
+            let (wake, asked) = std::sync::mpsc::sync_channel::<()>(1);
+            let thread = std::thread::Builder::new()
+                .name("staging-flush".into())
+                .spawn(move || {
+                    while asked.recv().is_ok() {
+                        file.sync_data()?;
+                    }
+                    Ok(())
+                })?;
+            self.flusher = Some(Flusher { wake, thread });
+        }
+        if let Some(f) = &self.flusher {
+            // Full: a flush is queued and will cover these bytes. Gone: the
+            // thread stopped on an error, which `finish` reports.
+            let _ = f.wake.try_send(());
+        }
+        Ok(())
+    }
+
+    /// Waits for the flusher. Its error must be reported here: the two
+    /// descriptors share one open file, whose write error the kernel
+    /// reports to one sync only.
+    fn finish(self) -> std::io::Result<()> {
+        let Some(Flusher { wake, thread }) = self.flusher else {
+            return Ok(());
+        };
+        drop(wake);
+        thread
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("staging flusher panicked")))
+    }
+}
+
 /// Appends on a dedicated thread, so that disk writes overlap with receiving
 /// the next chunk and with hashing.
 struct FsAppend {
@@ -586,10 +705,14 @@ impl FsAppend {
         let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
         let (done_tx, done) = oneshot::channel();
         let run = move || -> std::io::Result<u64> {
+            let mut early = EarlyWriteback::default();
             let mut w = BufWriter::with_capacity(WRITE_BUFFER, file);
             let mut result = Ok(());
             while let Some(chunk) = rx.blocking_recv() {
                 result = w.write_all(&chunk);
+                if result.is_ok() {
+                    result = early.wrote(chunk.len(), &mut w);
+                }
                 if result.is_err() {
                     break;
                 }
@@ -597,7 +720,9 @@ impl FsAppend {
             // Flush and sync whatever was written even after a failure, so
             // the staged length reported afterwards is durable.
             let file = w.into_inner().map_err(|e| e.into_error())?;
+            let flushed = early.finish();
             file.sync_data()?;
+            flushed?;
             result?;
             Ok(file.metadata()?.len())
         };
