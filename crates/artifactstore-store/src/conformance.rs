@@ -926,9 +926,12 @@ async fn collection_views(m: &dyn MetadataStore) {
         .await
         .expect_err("twice");
     assert!(matches!(err, MetaError::Corrupt(_)), "{err:?}");
-    tx.append(next("pkg-2", t(302), eligible(302)), None)
+    // Refused as such, not failing on what the first write left behind.
+    let after = tx
+        .append(next("pkg-2", t(302), eligible(302)), None)
         .await
         .expect_err("a write after a failed one");
+    assert!(matches!(after, MetaError::Corrupt(_)), "{after:?}");
     tx.commit().await.expect_err("commit after a failed write");
     assert_eq!(m.head().await.expect("head").0, e.seq(), "nothing appended");
     let mut tx = m.begin().await.expect("begin");

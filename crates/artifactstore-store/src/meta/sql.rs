@@ -847,8 +847,11 @@ async fn apply(
 struct Deferred {
     tx: Box<dyn SqlTxConn>,
     pending: PendingRows,
-    /// Sending held-back rows failed: the transaction lacks rows its writes
-    /// counted on, so it runs nothing more and cannot commit.
+    /// A write of this transaction failed part-way (one of its statements,
+    /// or sending held-back rows): rows may be missing or left behind, so
+    /// the transaction runs nothing more and cannot commit (as a PostgreSQL
+    /// transaction is aborted by an error). Dropping it rolls everything
+    /// back. The one place this rule lives: [`SqlTx::guarded`] sets it too.
     failed: bool,
 }
 
@@ -869,12 +872,17 @@ impl Deferred {
         Ok(())
     }
 
-    async fn flush(&mut self) -> Result<(), MetaError> {
+    fn refuse_if_failed(&self) -> Result<(), MetaError> {
         if self.failed {
             return Err(MetaError::Corrupt(
-                "rows of this transaction could not be written; it can only be rolled back".into(),
+                "an earlier write of this transaction failed; it can only be rolled back".into(),
             ));
         }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), MetaError> {
+        self.refuse_if_failed()?;
         let sent = self.pending.flush(&mut *self.tx).await;
         self.failed = sent.is_err();
         sent
@@ -923,7 +931,6 @@ impl MetadataStore for SqlMetadata {
             head: None,
             head_moved: false,
             applied: None,
-            failed: false,
             tx: Deferred::new(self.driver.begin_write().await?),
             driver: self.driver.clone(),
         }))
@@ -1142,11 +1149,6 @@ struct SqlTx {
     head_moved: bool,
     /// The last seq applied to the views, if any was.
     applied: Option<u64>,
-    /// A write failed part-way: its statements may have left rows behind,
-    /// so nothing more is written and the transaction cannot commit (as a
-    /// PostgreSQL transaction is aborted by an error). Dropping it rolls
-    /// everything back.
-    failed: bool,
 }
 
 impl SqlTx {
@@ -1198,13 +1200,11 @@ impl SqlTx {
         &mut self,
         write: impl AsyncFnOnce(&mut SqlTx) -> Result<T, MetaError>,
     ) -> Result<T, MetaError> {
-        if self.failed {
-            return Err(MetaError::Corrupt(
-                "an earlier write of this transaction failed; it can only be rolled back".into(),
-            ));
-        }
+        self.tx.refuse_if_failed()?;
         let result = write(self).await;
-        self.failed = result.is_err();
+        if result.is_err() {
+            self.tx.failed = true;
+        }
         result
     }
 }
@@ -1433,11 +1433,7 @@ impl MetaTx for SqlTx {
     }
 
     async fn commit(mut self: Box<Self>) -> Result<(), MetaError> {
-        if self.failed {
-            return Err(MetaError::Corrupt(
-                "an earlier write of this transaction failed; it was rolled back".into(),
-            ));
-        }
+        self.tx.refuse_if_failed()?;
         if let (Some((seq, hash)), true) = (self.head, self.head_moved) {
             self.tx
                 .execute(
