@@ -494,58 +494,6 @@ impl Store {
         }
     }
 
-    /// One package `id` in a transaction of its own (a group of one, or a
-    /// retry after its group failed; `retried`: look for `id` first, since
-    /// an earlier attempt may have committed). `staged` holds the manifest's
-    /// staging object and location, if its bytes were staged. If the
-    /// manifest turns out to be missing under the lock (collected since the
-    /// early look), its bytes are staged and the transaction taken again.
-    #[allow(clippy::too_many_arguments)]
-    async fn commit_package(
-        &self,
-        id: &str,
-        retried: bool,
-        manifest: &Manifest,
-        manifest_id: &BlobId,
-        class: &str,
-        rule: &ClassRule,
-        refs: &References<'_>,
-        bytes: &Bytes,
-        staged: &mut Option<(String, String)>,
-        actor: &str,
-    ) -> Result<String> {
-        let mut tx = loop {
-            let mut tx = self.meta.begin().await?;
-            let present = tx.blob(&manifest_id.sha256_digest()).await?.is_some();
-            if present || staged.is_some() {
-                break tx;
-            }
-            drop(tx);
-            *staged = Some(self.stage_bytes(bytes.clone(), manifest_id).await?);
-        };
-        // A retry of a creation whose first attempt may have committed.
-        if retried && tx.package(id).await?.is_some() {
-            return Ok(id.to_owned());
-        }
-        refs.verdict(&tx.blobs_by_sha256(&refs.sha256()).await?)?;
-        let (created, default) =
-            self.package_events(id, manifest, manifest_id, class, rule, actor)?;
-        let mut appended = 2;
-        if let Some((id, location)) = staged.as_ref() {
-            let stored = self
-                .record_blob(&mut tx, id, *manifest_id, location.clone(), actor)
-                .await?;
-            if stored.created {
-                appended += 1;
-            }
-        }
-        tx.append(created, Some(manifest)).await?;
-        let last = tx.append(default, None).await?;
-        tx.commit().await?;
-        self.published(last.seq(), appended);
-        Ok(id.to_owned())
-    }
-
     /// Package `id`'s two events: `v1.package.created` and
     /// `v1.retention.default_applied`, its expiry fixed from the class now.
     fn package_events(

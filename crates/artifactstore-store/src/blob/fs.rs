@@ -310,20 +310,13 @@ impl BlobBackend for FsBlobStore {
     }
 
     async fn staging_commit(&self, id: &str, blob: &BlobId) -> Result<String, BlobError> {
-        let place = self.placement(id, blob)?;
-        let location = place.location.clone();
-        blocking(move || {
-            if !place.from.exists() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    format!("staging {}", place.id),
-                ));
+        self.place(id, blob, |staged| {
+            if staged.exists() {
+                return Ok(());
             }
-            place.link()
+            Err(std::io::Error::from(std::io::ErrorKind::NotFound))
         })
         .await
-        .map_err(|e| commit_error(id, &location, e))?;
-        Ok(location)
     }
 
     /// The whole of create, append, finish and commit in one blocking
@@ -335,20 +328,15 @@ impl BlobBackend for FsBlobStore {
         bytes: Bytes,
         blob: &BlobId,
     ) -> Result<String, BlobError> {
-        let place = self.placement(id, blob)?;
-        let location = place.location.clone();
-        blocking(move || {
+        self.place(id, blob, move |staged| {
             let mut file = OpenOptions::new()
                 .write(true)
                 .create_new(true)
-                .open(&place.from)?;
+                .open(staged)?;
             file.write_all(&bytes)?;
-            file.sync_data()?;
-            place.link()
+            file.sync_data()
         })
         .await
-        .map_err(|e| commit_error(id, &location, e))?;
-        Ok(location)
     }
 
     async fn staging_delete(&self, id: &str) -> Result<(), BlobError> {
@@ -559,7 +547,6 @@ enum Opened {
 struct Placement {
     id: String,
     from: PathBuf,
-    location: String,
     to: PathBuf,
     root: PathBuf,
     rel_dir: PathBuf,
@@ -567,9 +554,17 @@ struct Placement {
 }
 
 impl FsBlobStore {
-    fn placement(&self, id: &str, blob: &BlobId) -> Result<Placement, BlobError> {
+    /// In one blocking call: `prepare` the staging file `id` (check it, or
+    /// write it), then link it into place as the blob `blob`; returns the
+    /// location. A staging file that is not there is `StagingNotFound`.
+    async fn place(
+        &self,
+        id: &str,
+        blob: &BlobId,
+        prepare: impl FnOnce(&Path) -> std::io::Result<()> + Send + 'static,
+    ) -> Result<String, BlobError> {
         let location = FsBlobStore::location_of(blob);
-        Ok(Placement {
+        let place = Placement {
             id: id.to_owned(),
             from: self.staging_path(id)?,
             to: self.blob_path(&location)?,
@@ -578,9 +573,21 @@ impl FsBlobStore {
                 .parent()
                 .map(Path::to_path_buf)
                 .unwrap_or_default(),
-            location,
             size: blob.size,
+        };
+        blocking(move || {
+            prepare(&place.from)?;
+            place.link()
         })
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => BlobError::StagingNotFound(id.to_owned()),
+            _ => BlobError::Io {
+                context: format!("committing staging {id} to {location}"),
+                source: e,
+            },
+        })?;
+        Ok(location)
     }
 }
 
@@ -609,17 +616,6 @@ impl Placement {
                 rename_durable(&aside, &self.to)
             }
             Err(e) => Err(e),
-        }
-    }
-}
-
-fn commit_error(id: &str, location: &str, e: std::io::Error) -> BlobError {
-    if e.kind() == std::io::ErrorKind::NotFound {
-        BlobError::StagingNotFound(id.to_owned())
-    } else {
-        BlobError::Io {
-            context: format!("committing staging {id} to {location}"),
-            source: e,
         }
     }
 }

@@ -44,6 +44,7 @@ use crate::meta::{BlobRecord, MetaError};
 const MAX_GROUP: usize = 64;
 
 /// A package creation whose checks outside the lock have passed.
+#[derive(Clone)]
 pub(super) struct PackageJob {
     /// The new package's id, chosen before the job is queued.
     pub(super) id: String,
@@ -138,38 +139,53 @@ impl Store {
         }
     }
 
-    /// One package in a transaction of its own.
+    /// One package in a transaction of its own. If its manifest is
+    /// neither stored nor staged (collected since its caller looked), its
+    /// bytes are staged and the transaction taken again; those bytes are
+    /// this attempt's own to discard.
     async fn commit_alone(&self, job: &PackageJob) -> Result<String> {
-        let refs = References::of(&job.manifest);
-        let mut staged = job.staged.clone();
-        let result = self
-            .commit_package(
-                &job.id,
-                job.retried,
-                &job.manifest,
-                &job.manifest_id,
-                &job.class,
-                &job.rule,
-                &refs,
-                &job.bytes,
-                &mut staged,
-                &job.actor,
-            )
-            .await;
-        // Bytes this attempt staged itself (the manifest was collected
-        // since the caller looked) are its own to discard.
-        if let Some((id, _)) = staged.filter(|s| Some(s) != job.staged.as_ref()) {
-            self.discard_staging(&id).await;
+        if let Some(outcome) = self.commit_group(&[job]).await?.pop().flatten() {
+            return outcome;
         }
-        result
+        let (staging, location) = self
+            .stage_bytes(job.bytes.clone(), &job.manifest_id)
+            .await?;
+        let again = PackageJob {
+            staged: Some((staging.clone(), location)),
+            ..job.clone()
+        };
+        let outcome = self.commit_group(&[&again]).await.and_then(|mut o| {
+            o.pop().flatten().ok_or_else(|| {
+                StoreError::Meta(MetaError::Corrupt(
+                    "a staged manifest was left out of its transaction".into(),
+                ))
+            })?
+        });
+        self.discard_staging(&staging).await;
+        outcome
     }
 
-    /// Every job in one transaction. The outer error fails the whole group
-    /// (nothing was committed); the inner results are each job's own.
-    /// A job whose manifest is neither stored nor staged (collected since
-    /// its caller looked) is left out and committed alone afterwards, since
-    /// staging bytes under the lock would hold up the whole group.
+    /// Every job in one transaction, as [`Store::commit_group`]; a job
+    /// left out there is committed alone afterwards.
     async fn commit_together(&self, jobs: &[&PackageJob]) -> Result<Vec<Result<String>>> {
+        let outcomes = self.commit_group(jobs).await?;
+        let mut answers = Vec::with_capacity(jobs.len());
+        for (job, outcome) in jobs.iter().zip(outcomes) {
+            answers.push(match outcome {
+                Some(outcome) => outcome,
+                None => self.commit_alone(job).await,
+            });
+        }
+        Ok(answers)
+    }
+
+    /// Every job in one transaction: the one place where packages are
+    /// committed. The outer error fails the whole group (nothing was
+    /// committed); the inner results are each job's own. A job whose
+    /// manifest is neither stored nor staged (collected since its caller
+    /// looked) is left out (`None`), since staging bytes under the lock
+    /// would hold up the whole group.
+    async fn commit_group(&self, jobs: &[&PackageJob]) -> Result<Vec<Option<Result<String>>>> {
         let refs: Vec<References<'_>> = jobs.iter().map(|j| References::of(&j.manifest)).collect();
         let mut wanted: Vec<Hash> = refs.iter().flat_map(References::sha256).collect();
         wanted.extend(jobs.iter().map(|j| j.manifest_id.sha256));
@@ -251,14 +267,7 @@ impl Store {
         if let Some(last) = last {
             self.published(last, appended);
         }
-        let mut answers = Vec::with_capacity(jobs.len());
-        for (job, outcome) in jobs.iter().zip(outcomes) {
-            answers.push(match outcome {
-                Some(outcome) => outcome,
-                None => self.commit_alone(job).await,
-            });
-        }
-        Ok(answers)
+        Ok(outcomes)
     }
 }
 
