@@ -12,7 +12,7 @@ use sqlx::query::Query;
 use sqlx::{Column, Executor, Row as _};
 
 use super::MetaError;
-use super::sql::{Arg, Cell, Row, SqlConn, SqlTxConn};
+use super::sql::{Arg, Cell, Row, SqlConn, SqlTxConn, Statement, execute_each, joined};
 
 /// What differs between databases at the statement level.
 pub(crate) trait Flavor: sqlx::Database<Arguments: sqlx::IntoArguments<Self>> {
@@ -22,6 +22,10 @@ pub(crate) trait Flavor: sqlx::Database<Arguments: sqlx::IntoArguments<Self>> {
     /// The statement in this database's placeholder syntax.
     fn sql(sql: &str) -> Cow<'_, str>;
     fn rows_affected(done: &Self::QueryResult) -> u64;
+    /// Whether one query may hold several statements with arguments:
+    /// SQLite binds anonymous `?` in order across all of them (see
+    /// [`joined`]); a PostgreSQL prepared statement holds one.
+    const MANY_STATEMENTS_PER_QUERY: bool = false;
 }
 
 /// A sqlx connection or transaction of database `DB`.
@@ -91,6 +95,16 @@ where
             .execute(&mut *self.0)
             .await?;
         Ok(())
+    }
+
+    async fn execute_all(&mut self, statements: &[Statement]) -> Result<(), MetaError> {
+        if DB::MANY_STATEMENTS_PER_QUERY
+            && statements.len() > 1
+            && let Some((sql, args)) = joined(statements)
+        {
+            return self.execute(&sql, &args).await.map(drop);
+        }
+        execute_each(self, statements).await
     }
 }
 

@@ -207,6 +207,73 @@ pub trait SqlConn: Send {
     async fn execute(&mut self, sql: &str, args: &[Arg]) -> Result<u64, MetaError>;
     /// Runs a script of several statements without arguments (migrations).
     async fn execute_script(&mut self, sql: &str) -> Result<(), MetaError>;
+    /// Runs `statements` in order, stopping at the first that fails. A
+    /// database that takes several statements with arguments in one send
+    /// gets them in one: on SQLite every statement is a round trip to the
+    /// connection's thread, and the end of a write transaction is several.
+    async fn execute_all(&mut self, statements: &[Statement]) -> Result<(), MetaError> {
+        execute_each(self, statements).await
+    }
+}
+
+/// Runs `statements` one by one, stopping at the first that fails.
+pub(crate) async fn execute_each<C: SqlConn + ?Sized>(
+    conn: &mut C,
+    statements: &[Statement],
+) -> Result<(), MetaError> {
+    for s in statements {
+        conn.execute(&s.sql, &s.args).await?;
+    }
+    Ok(())
+}
+
+/// A statement and its arguments, for [`SqlConn::execute_all`].
+#[derive(Debug)]
+pub struct Statement {
+    pub sql: String,
+    pub args: Vec<Arg>,
+}
+
+impl Statement {
+    pub fn new(sql: impl Into<String>, args: Vec<Arg>) -> Statement {
+        Statement {
+            sql: sql.into(),
+            args,
+        }
+    }
+}
+
+/// `statements` as one script, its parameters bound in the order they
+/// appear (anonymous `?`), for a database that binds those across the
+/// statements of one query. `None` unless every statement's parameters
+/// are `?1, ?2, …` in that order, each once, one per argument (as the
+/// statements a transaction sends at its end are): numbered parameters
+/// would be bound by number across the whole script, and SQLite counts the
+/// numbers a statement skips as parameters of its own.
+pub(crate) fn joined(statements: &[Statement]) -> Option<(String, Vec<Arg>)> {
+    let mut sql = String::new();
+    let mut args = Vec::new();
+    for s in statements {
+        let mut expected = 1;
+        let mut rest = s.sql.as_str();
+        while let Some(at) = rest.find('?') {
+            sql.push_str(&rest[..=at]);
+            rest = &rest[at + 1..];
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            if rest[..digits].parse::<usize>() != Ok(expected) {
+                return None;
+            }
+            expected += 1;
+            rest = &rest[digits..];
+        }
+        if expected != s.args.len() + 1 {
+            return None;
+        }
+        sql.push_str(rest);
+        sql.push_str(";\n");
+        args.extend(s.args.iter().cloned());
+    }
+    Some((sql, args))
 }
 
 /// A transaction that ends in a commit (dropping it rolls back).
@@ -803,17 +870,21 @@ impl PendingRows {
         args.extend(row);
     }
 
-    async fn flush(&mut self, conn: &mut dyn SqlConn) -> Result<(), MetaError> {
-        for (table, (width, args)) in std::mem::take(&mut self.tables) {
-            let sql = format!(
-                "INSERT INTO {} VALUES {}",
-                table.insert_into(),
-                placeholders(args.len(), width)
-            );
-            conn.execute(&sql, &args).await?;
-        }
+    /// The held-back rows as one multi-row insert per table, in [`Table`]
+    /// order; none are held back any more.
+    fn take(&mut self) -> Vec<Statement> {
         self.params = 0;
-        Ok(())
+        std::mem::take(&mut self.tables)
+            .into_iter()
+            .map(|(table, (width, args))| {
+                let sql = format!(
+                    "INSERT INTO {} VALUES {}",
+                    table.insert_into(),
+                    placeholders(args.len(), width)
+                );
+                Statement::new(sql, args)
+            })
+            .collect()
     }
 }
 
@@ -882,14 +953,26 @@ impl Deferred {
     }
 
     async fn flush(&mut self) -> Result<(), MetaError> {
+        self.send(Vec::new()).await
+    }
+
+    /// Sends the held-back rows, then `then`, in one send where the
+    /// database allows it.
+    async fn send(&mut self, then: Vec<Statement>) -> Result<(), MetaError> {
         self.refuse_if_failed()?;
-        let sent = self.pending.flush(&mut *self.tx).await;
+        let mut statements = self.pending.take();
+        statements.extend(then);
+        if statements.is_empty() {
+            return Ok(());
+        }
+        let sent = self.tx.execute_all(&statements).await;
         self.failed = sent.is_err();
         sent
     }
 
-    async fn commit(mut self) -> Result<(), MetaError> {
-        self.flush().await?;
+    /// Sends the held-back rows and `last`, then commits.
+    async fn commit(mut self, last: Vec<Statement>) -> Result<(), MetaError> {
+        self.send(last).await?;
         self.tx.commit().await
     }
 }
@@ -1433,23 +1516,60 @@ impl MetaTx for SqlTx {
     }
 
     async fn commit(mut self: Box<Self>) -> Result<(), MetaError> {
-        self.tx.refuse_if_failed()?;
+        let mut last = Vec::new();
         if let (Some((seq, hash)), true) = (self.head, self.head_moved) {
-            self.tx
-                .execute(
-                    "UPDATE log_head SET seq = ?1, hash = ?2 WHERE id = 1",
-                    &[i64_of(seq)?.into(), (&hash).into()],
-                )
-                .await?;
+            last.push(Statement::new(
+                "UPDATE log_head SET seq = ?1, hash = ?2 WHERE id = 1",
+                vec![i64_of(seq)?.into(), (&hash).into()],
+            ));
         }
         if let Some(seq) = self.applied {
-            self.tx
-                .execute(
-                    "UPDATE views_state SET applied_seq = ?1 WHERE id = 1",
-                    &[i64_of(seq)?.into()],
-                )
-                .await?;
+            last.push(Statement::new(
+                "UPDATE views_state SET applied_seq = ?1 WHERE id = 1",
+                vec![i64_of(seq)?.into()],
+            ));
         }
-        self.tx.commit().await
+        self.tx.commit(last).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joined_statements_bind_their_arguments_in_order() {
+        let statements = [
+            Statement::new(
+                "INSERT INTO t VALUES (?1, ?2), (?3, ?4)",
+                vec![1.into(), "a".into(), 2.into(), "b".into()],
+            ),
+            Statement::new("UPDATE u SET x = ?1 WHERE id = 1", vec![3.into()]),
+            Statement::new("DELETE FROM v", vec![]),
+        ];
+        let (sql, args) = joined(&statements).unwrap();
+        assert_eq!(
+            sql,
+            "INSERT INTO t VALUES (?, ?), (?, ?);\nUPDATE u SET x = ? WHERE id = 1;\nDELETE FROM v;\n"
+        );
+        assert_eq!(
+            args,
+            vec![1.into(), "a".into(), 2.into(), "b".into(), 3.into()]
+        );
+    }
+
+    #[test]
+    fn statements_not_numbered_in_order_are_not_joined() {
+        let one = |sql: &str, n: i64| Statement::new(sql, (1..=n).map(Arg::from).collect());
+        // Out of order, repeated, a number skipped, an argument unused.
+        for bad in [
+            one("UPDATE t SET a = ?2, b = ?1", 2),
+            one("SELECT ?1 WHERE ?1 > 0", 1),
+            one("SELECT ?1, ?3", 3),
+            one("SELECT ?1", 2),
+        ] {
+            let statements = [one("SELECT ?1", 1), bad];
+            assert_eq!(joined(&statements), None, "{:?}", statements[1].sql);
+        }
     }
 }
