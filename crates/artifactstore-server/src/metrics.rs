@@ -186,12 +186,49 @@ pub(crate) async fn render(State(app): State<AppState>) -> impl IntoResponse {
             "Whole-blob reads cut off because the stored bytes did not match their digest.",
             stats.corrupt_reads,
         ),
+        (
+            "artifactstore_packages_created_total",
+            "Packages this process created.",
+            stats.packages_created,
+        ),
+        (
+            "artifactstore_package_commit_groups_total",
+            "Transactions that committed package creations (a group commit each).",
+            stats.creation_groups,
+        ),
+        (
+            "artifactstore_package_commit_group_packages_total",
+            "Packages those transactions committed.",
+            stats.creation_grouped,
+        ),
     ] {
         let _ = writeln!(
             out,
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
         );
     }
+    let seconds = |micros: u64| micros as f64 / 1e6;
+    let name = "artifactstore_package_creation_seconds_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Time package creations spent, by phase: checking the blobs they name, \
+         staging the manifest, and from queueing for a group commit to its commit.\n\
+         # TYPE {name} counter"
+    );
+    for (phase, micros) in [
+        ("check", stats.creation_check_micros),
+        ("stage", stats.creation_stage_micros),
+        ("commit", stats.creation_commit_micros),
+    ] {
+        let _ = writeln!(out, "{name}{{phase=\"{phase}\"}} {}", seconds(micros));
+    }
+    let name = "artifactstore_package_commit_group_seconds_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Time those transactions took, from BEGIN to the end of COMMIT.\n\
+         # TYPE {name} counter\n{name} {}",
+        seconds(stats.creation_group_micros)
+    );
     (
         [(
             header::CONTENT_TYPE,

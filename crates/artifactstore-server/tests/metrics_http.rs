@@ -2,8 +2,11 @@
 
 mod common;
 
+use std::collections::BTreeMap;
+
 use artifactstore_client::Client;
 use artifactstore_core::BlobId;
+use artifactstore_core::manifest::{FileEntry, Manifest};
 
 fn value(text: &str, series: &str) -> f64 {
     text.lines()
@@ -134,6 +137,69 @@ async fn counts_requests_latency_bytes_and_events() {
     );
     assert_eq!(value(&text, "artifactstore_gc_deleted_packages_total"), 0.0);
     assert_eq!(value(&text, "artifactstore_corrupt_reads_total"), 1.0);
+}
+
+/// Where package creations spend their time, and how they were grouped.
+#[tokio::test]
+async fn counts_package_creations_by_phase_and_group_commit() {
+    let server = common::TestServer::start().await;
+    let base = server.client.base().to_owned();
+    let client = Client::new(&base);
+    let data = b"one file".to_vec();
+    let blob = BlobId::of(&data);
+    client.put_blob(&blob.sha256_digest(), data).await.unwrap();
+    let creations = (0..6).map(|i| {
+        let manifest = Manifest::new(
+            format!("metrics/run-{i}"),
+            vec![FileEntry {
+                path: "file".into(),
+                blob,
+                media_type: None,
+            }],
+            BTreeMap::new(),
+        )
+        .unwrap();
+        let client = client.clone();
+        async move { client.create_package(&manifest, "scratch").await }
+    });
+    for created in futures::future::join_all(creations).await {
+        created.unwrap();
+    }
+    // Refused: a blob that was never uploaded. It counts nowhere.
+    let missing = Manifest::new(
+        "metrics/missing".into(),
+        vec![FileEntry {
+            path: "file".into(),
+            blob: BlobId::of(b"never uploaded"),
+            media_type: None,
+        }],
+        BTreeMap::new(),
+    )
+    .unwrap();
+    assert!(client.create_package(&missing, "scratch").await.is_err());
+
+    let text = reqwest_get(&format!("{base}/metrics")).await.1;
+    assert_eq!(value(&text, "artifactstore_packages_created_total"), 6.0);
+    assert_eq!(
+        value(&text, "artifactstore_package_commit_group_packages_total"),
+        6.0
+    );
+    let groups = value(&text, "artifactstore_package_commit_groups_total");
+    assert!((1.0..=6.0).contains(&groups), "{groups} groups");
+    let phase = |p: &str| {
+        value(
+            &text,
+            &format!(r#"artifactstore_package_creation_seconds_total{{phase="{p}"}}"#),
+        )
+    };
+    let (check, stage, commit) = (phase("check"), phase("stage"), phase("commit"));
+    assert!(
+        check > 0.0 && stage > 0.0 && commit > 0.0,
+        "{check} {stage} {commit}"
+    );
+    let group = value(&text, "artifactstore_package_commit_group_seconds_total");
+    // Each creation waits at least for its own group's transaction.
+    assert!(group > 0.0 && group <= commit, "{group} against {commit}");
 }
 
 async fn reqwest_get(url: &str) -> (String, String) {

@@ -9,8 +9,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::Path;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use artifactstore_core::event::Hash;
 use artifactstore_core::event::{EventData, EventDraft};
@@ -155,6 +156,34 @@ pub(crate) struct Counters {
     pub(crate) bytes_deleted: AtomicU64,
     /// Whole-blob reads aborted because the stored bytes failed their digest.
     pub(crate) corrupt_reads: AtomicU64,
+    pub(crate) creations: Creations,
+}
+
+/// Where package creations spend their time, in microseconds summed over
+/// the creations that got as far as each phase: what an operator (and the
+/// benchmark) reads to see whether the write lock, the disk or the checks
+/// set the rate.
+#[derive(Debug, Default)]
+pub(crate) struct Creations {
+    pub(crate) created: AtomicU64,
+    /// Looking up the blobs a manifest names, outside the lock.
+    pub(crate) check_micros: AtomicU64,
+    /// Staging the manifest's bytes, durably, outside the lock.
+    pub(crate) stage_micros: AtomicU64,
+    /// From queueing for a group commit to the commit of its transaction.
+    pub(crate) commit_micros: AtomicU64,
+    /// Transactions that committed package creations, and how many.
+    pub(crate) groups: AtomicU64,
+    pub(crate) grouped: AtomicU64,
+    /// Those transactions' time, from `BEGIN` to the end of `COMMIT`.
+    pub(crate) group_micros: AtomicU64,
+}
+
+impl Creations {
+    pub(crate) fn add(counter: &AtomicU64, since: Instant) {
+        let micros = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
+        counter.fetch_add(micros, Ordering::Relaxed);
+    }
 }
 
 /// A reading of [`Store::stats`].
@@ -172,6 +201,17 @@ pub struct StoreStats {
     pub bytes_deleted: u64,
     /// Whole-blob reads cut off because the stored bytes did not match.
     pub corrupt_reads: u64,
+    /// Packages this process created, and the time their creations spent
+    /// checking, staging the manifest and being committed (summed).
+    pub packages_created: u64,
+    pub creation_check_micros: u64,
+    pub creation_stage_micros: u64,
+    pub creation_commit_micros: u64,
+    /// Transactions that committed package creations, the packages they
+    /// committed, and their time from `BEGIN` to the end of `COMMIT`.
+    pub creation_groups: u64,
+    pub creation_grouped: u64,
+    pub creation_group_micros: u64,
 }
 
 impl Store {
@@ -445,6 +485,8 @@ impl Store {
                 class: class.to_owned(),
                 known: self.classes.keys().cloned().collect(),
             })?;
+        let timing = &self.stats.creations;
+        let started = Instant::now();
         let refs = References::of(manifest);
         let bytes = Bytes::from(manifest.to_canonical_bytes());
         let manifest_id = BlobId::of(&bytes);
@@ -453,6 +495,7 @@ impl Store {
         wanted.push(manifest_id.sha256);
         let found = self.meta.blobs_by_sha256(&wanted).await?;
         refs.verdict(&found)?;
+        Creations::add(&timing.check_micros, started);
 
         // Until a package references it, a manifest is an unreferenced blob
         // like any other, so it is stored in the package's own transaction:
@@ -460,7 +503,9 @@ impl Store {
         // outside the lock, unless it is stored already.
         let mut staged = None;
         if !found.iter().any(|r| r.blob.sha256 == manifest_id.sha256) {
+            let staging = Instant::now();
             staged = Some(self.stage_bytes(bytes.clone(), &manifest_id).await?);
+            Creations::add(&timing.stage_micros, staging);
         }
         let job = group::PackageJob {
             id: self.new_id(),
@@ -473,7 +518,12 @@ impl Store {
             actor: actor.to_owned(),
             retried: false,
         };
+        let queued = Instant::now();
         let result = self.commit_grouped(job).await;
+        if result.is_ok() {
+            Creations::add(&timing.commit_micros, queued);
+            timing.created.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some((id, _)) = staged {
             self.discard_staging(&id).await;
         }
@@ -713,6 +763,13 @@ impl Store {
             blobs_deleted: c.blobs_deleted.load(Relaxed),
             bytes_deleted: c.bytes_deleted.load(Relaxed),
             corrupt_reads: c.corrupt_reads.load(Relaxed),
+            packages_created: c.creations.created.load(Relaxed),
+            creation_check_micros: c.creations.check_micros.load(Relaxed),
+            creation_stage_micros: c.creations.stage_micros.load(Relaxed),
+            creation_commit_micros: c.creations.commit_micros.load(Relaxed),
+            creation_groups: c.creations.groups.load(Relaxed),
+            creation_grouped: c.creations.grouped.load(Relaxed),
+            creation_group_micros: c.creations.group_micros.load(Relaxed),
         }
     }
 

@@ -35,7 +35,10 @@ use artifactstore_core::retention::ClassRule;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::{References, Store};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::{Creations, References, Store};
 use crate::error::{Result, StoreError};
 use crate::meta::{BlobRecord, MetaError};
 
@@ -192,6 +195,7 @@ impl Store {
         wanted.sort_unstable();
         wanted.dedup();
 
+        let began = Instant::now();
         let mut tx = self.meta.begin().await?;
         let mut known: HashMap<Hash, BlobRecord> = tx
             .blobs_by_sha256(&wanted)
@@ -264,6 +268,13 @@ impl Store {
             outcomes.push(Some(Ok(job.id.clone())));
         }
         tx.commit().await?;
+        let timing = &self.stats.creations;
+        Creations::add(&timing.group_micros, began);
+        timing.groups.fetch_add(1, Ordering::Relaxed);
+        let committed = outcomes.iter().filter(|o| matches!(o, Some(Ok(_)))).count();
+        timing
+            .grouped
+            .fetch_add(committed as u64, Ordering::Relaxed);
         if let Some(last) = last {
             self.published(last, appended);
         }
