@@ -53,6 +53,10 @@ struct Args {
     /// Run only these scenario groups (large, small, create, log).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Requests in flight in the package-creation scenario, on both
+    /// servers.
+    #[arg(long, default_value_t = 8)]
+    create_jobs: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -106,6 +110,8 @@ pub(crate) struct Bench {
     pub(crate) sizes: Sizes,
     pub(crate) postgres: Option<String>,
     pub(crate) client: reqwest::Client,
+    /// Requests in flight in the package-creation scenario.
+    pub(crate) create_jobs: usize,
 }
 
 impl Bench {
@@ -183,6 +189,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         sizes: args.mode.sizes(),
         postgres: args.postgres.clone(),
         client: reqwest::Client::builder().tcp_nodelay(true).build()?,
+        create_jobs: args.create_jobs.max(1),
     };
     let wanted = |group: &str| args.only.is_empty() || args.only.iter().any(|g| g == group);
 

@@ -24,8 +24,6 @@ use crate::proc::{Registry, Server, peak_rss_kib, reset_peak, run as run_command
 use crate::report::{Figure, Row, Table, Target};
 use crate::{Bench, data, http};
 
-/// Requests in flight in the package-creation scenario, on both servers.
-const JOBS: usize = 8;
 /// Distinct manifests (one small file each) the large log's packages use.
 const MANIFESTS: usize = 1000;
 /// Packages imported per transaction while building the large log.
@@ -75,7 +73,7 @@ async fn creation(
     let base = &server.base;
     let blobs: Vec<(Bytes, BlobId)> = (0..n).map(small_blob).collect();
     http::concurrently(
-        JOBS,
+        b.create_jobs,
         blobs.iter().map(|(bytes, id)| {
             let sha = hex::encode(id.sha256);
             let (body, len) = (bytes.clone().into(), bytes.len() as u64);
@@ -103,7 +101,7 @@ async fn creation(
 
     reset_peak(server.pid())?;
     let ours = http::concurrently(
-        JOBS,
+        b.create_jobs,
         bodies.into_iter().map(|body| async move {
             let request = c
                 .post(format!("{base}/packages"))
@@ -116,7 +114,10 @@ async fn creation(
     .await?;
     let per_s = |d: Duration| Figure::rate(n as f64 / d.as_secs_f64(), "packages/s");
     table.push(Row {
-        scenario: format!("package creation, {label}, {n}"),
+        scenario: format!(
+            "package creation, {label}, {n}, {} at a time",
+            b.create_jobs
+        ),
         ours: per_s(ours),
         baseline_name: "registry manifest PUT".into(),
         baseline: per_s(theirs),
@@ -194,7 +195,7 @@ async fn registry_manifests(b: &Bench, registry: &Registry) -> anyhow::Result<Du
     .await?;
     let blobs: Vec<(Bytes, BlobId)> = (0..n).map(small_blob).collect();
     http::concurrently(
-        JOBS,
+        b.create_jobs,
         blobs.iter().map(|(bytes, id)| {
             let sha = hex::encode(id.sha256);
             let body = bytes.clone().into();
@@ -223,7 +224,7 @@ async fn registry_manifests(b: &Bench, registry: &Registry) -> anyhow::Result<Du
         })
         .collect();
     http::concurrently(
-        JOBS,
+        b.create_jobs,
         manifests.into_iter().enumerate().map(|(i, m)| async move {
             let request = c
                 .put(format!("{base}/v2/bench/packages/manifests/t{i}"))
