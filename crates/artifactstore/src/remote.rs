@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -353,14 +354,28 @@ pub(crate) async fn pull(
         .with_context(|| format!("creating a directory in {}", parent.display()))?;
     let progress = bar(manifest.total_size(), "pulling");
     let root = Arc::new(staging.path().to_path_buf());
-    futures::stream::iter(manifest.files().iter().map(|f| {
-        let root = root.clone();
-        let progress = progress.clone();
-        async move { download(client, id, f, &root, &progress).await }
-    }))
-    .buffer_unordered(jobs)
-    .try_collect::<Vec<()>>()
-    .await?;
+    // After a failure every download is let finish, not dropped: a dropped
+    // one's file operations may still be running on tokio's blocking pool
+    // and would write (a directory, a file) into the staging directory
+    // after it was removed. The others stop at their next chunk.
+    let failed = AtomicBool::new(false);
+    let results: Vec<anyhow::Result<()>> =
+        futures::stream::iter(manifest.files().iter().map(|f| {
+            let (root, progress, failed) = (root.clone(), progress.clone(), &failed);
+            async move {
+                let result = download(client, id, f, &root, &progress, failed).await;
+                if result.is_err() {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                result
+            }
+        }))
+        .buffer_unordered(jobs)
+        .collect()
+        .await;
+    if let Some(e) = results.into_iter().find_map(Result::err) {
+        return Err(e);
+    }
     progress.finish_and_clear();
     let done = staging.keep();
     std::fs::rename(&done, dest)
@@ -375,13 +390,19 @@ pub(crate) async fn pull(
     Ok(())
 }
 
+/// Downloads one file of a pull into `root`; gives up, without an error
+/// of its own, once `failed` says another file failed.
 async fn download(
     client: &Client,
     id: &str,
     f: &FileEntry,
     root: &Path,
     progress: &ProgressBar,
+    failed: &AtomicBool,
 ) -> anyhow::Result<()> {
+    if failed.load(Ordering::Relaxed) {
+        return Ok(());
+    }
     // validate_path already refused absolute paths, `..` and empty
     // segments when the manifest was decoded; checked again here because
     // this is where a path would escape.
@@ -414,6 +435,9 @@ async fn download(
         hasher.update(&chunk);
         out.write_all(&chunk).await?;
         progress.inc(chunk.len() as u64);
+        if failed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
     }
     out.sync_all().await?;
     let got = hasher.finish();
