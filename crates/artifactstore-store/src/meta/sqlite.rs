@@ -46,8 +46,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// database file (see [`Checkpointer`]).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// The WAL size, in pages, at which a commit checkpoints by itself (1,000
-/// by default): a backstop, reached only if the checkpointer falls behind
-/// or cannot run. Then the WAL starts again from its beginning.
+/// by default): the backstop that keeps the WAL bounded (see
+/// [`Checkpointer`] for why a steady load reaches it).
 const WAL_BACKSTOP_PAGES: &str = "16384";
 
 impl Flavor for Sqlite {
@@ -174,11 +174,12 @@ async fn open_with(
 /// every [`CHECKPOINT_EVERY`], beside the writer (a passive checkpoint
 /// waits for no reader or writer). Durability does not change: a commit is
 /// on disk once the WAL is synced, whoever copies it later. The commit's
-/// own checkpoint stays as a backstop at [`WAL_BACKSTOP_PAGES`]; the WAL
-/// only starts again from its beginning after a checkpoint that no commit
-/// overtook, so under a steady load it grows to the backstop and then the
-/// writer's own checkpoint, which finds the pages already copied, restarts
-/// it.
+/// own checkpoint stays as a backstop at [`WAL_BACKSTOP_PAGES`]. A write
+/// starts the WAL over only when every frame in it has been copied, which
+/// under a steady load, with commits landing while the checkpointer copies,
+/// is rarely so until the writer's own checkpoint at the backstop: the WAL
+/// file grows to about 64 MiB (measured: 67.7 MB after 5,000 creations),
+/// and that checkpoint finds most pages copied already.
 #[derive(Debug)]
 struct Checkpointer(tokio::task::AbortHandle);
 
