@@ -27,6 +27,8 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use artifactstore_core::BlobId;
 use artifactstore_core::event::Hash;
@@ -34,9 +36,6 @@ use artifactstore_core::manifest::Manifest;
 use artifactstore_core::retention::ClassRule;
 use bytes::Bytes;
 use tokio::sync::oneshot;
-
-use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use super::{Creations, References, Store};
 use crate::error::{Result, StoreError};
