@@ -189,17 +189,17 @@ pub(crate) async fn render(State(app): State<AppState>) -> impl IntoResponse {
         (
             "artifactstore_packages_created_total",
             "Packages this process created.",
-            stats.packages_created,
+            stats.creations.created,
         ),
         (
             "artifactstore_package_commit_groups_total",
             "Transactions that committed package creations (a group commit each).",
-            stats.creation_groups,
+            stats.creations.groups,
         ),
         (
             "artifactstore_package_commit_group_packages_total",
             "Packages those transactions committed.",
-            stats.creation_grouped,
+            stats.creations.grouped,
         ),
     ] {
         let _ = writeln!(
@@ -216,9 +216,9 @@ pub(crate) async fn render(State(app): State<AppState>) -> impl IntoResponse {
          # TYPE {name} counter"
     );
     for (phase, micros) in [
-        ("check", stats.creation_check_micros),
-        ("stage", stats.creation_stage_micros),
-        ("commit", stats.creation_commit_micros),
+        ("check", stats.creations.check_micros),
+        ("stage", stats.creations.stage_micros),
+        ("commit", stats.creations.commit_micros),
     ] {
         let _ = writeln!(out, "{name}{{phase=\"{phase}\"}} {}", seconds(micros));
     }
@@ -227,7 +227,7 @@ pub(crate) async fn render(State(app): State<AppState>) -> impl IntoResponse {
         out,
         "# HELP {name} Time those transactions took, from BEGIN to the end of COMMIT.\n\
          # TYPE {name} counter\n{name} {}",
-        seconds(stats.creation_group_micros)
+        seconds(stats.creations.group_micros)
     );
     (
         [(

@@ -184,6 +184,35 @@ impl Creations {
         let micros = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
         counter.fetch_add(micros, Ordering::Relaxed);
     }
+
+    fn read(&self) -> CreationStats {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CreationStats {
+            created: load(&self.created),
+            check_micros: load(&self.check_micros),
+            stage_micros: load(&self.stage_micros),
+            commit_micros: load(&self.commit_micros),
+            groups: load(&self.groups),
+            grouped: load(&self.grouped),
+            group_micros: load(&self.group_micros),
+        }
+    }
+}
+
+/// A reading of [`Creations`]: packages this process created and the time
+/// their creations spent checking, staging the manifest and being
+/// committed (summed, in microseconds); the transactions that committed
+/// them, the packages those committed, and their time from `BEGIN` to the
+/// end of `COMMIT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreationStats {
+    pub created: u64,
+    pub check_micros: u64,
+    pub stage_micros: u64,
+    pub commit_micros: u64,
+    pub groups: u64,
+    pub grouped: u64,
+    pub group_micros: u64,
 }
 
 /// A reading of [`Store::stats`].
@@ -201,17 +230,8 @@ pub struct StoreStats {
     pub bytes_deleted: u64,
     /// Whole-blob reads cut off because the stored bytes did not match.
     pub corrupt_reads: u64,
-    /// Packages this process created, and the time their creations spent
-    /// checking, staging the manifest and being committed (summed).
-    pub packages_created: u64,
-    pub creation_check_micros: u64,
-    pub creation_stage_micros: u64,
-    pub creation_commit_micros: u64,
-    /// Transactions that committed package creations, the packages they
-    /// committed, and their time from `BEGIN` to the end of `COMMIT`.
-    pub creation_groups: u64,
-    pub creation_grouped: u64,
-    pub creation_group_micros: u64,
+    /// Package creations and where their time went.
+    pub creations: CreationStats,
 }
 
 impl Store {
@@ -763,13 +783,7 @@ impl Store {
             blobs_deleted: c.blobs_deleted.load(Relaxed),
             bytes_deleted: c.bytes_deleted.load(Relaxed),
             corrupt_reads: c.corrupt_reads.load(Relaxed),
-            packages_created: c.creations.created.load(Relaxed),
-            creation_check_micros: c.creations.check_micros.load(Relaxed),
-            creation_stage_micros: c.creations.stage_micros.load(Relaxed),
-            creation_commit_micros: c.creations.commit_micros.load(Relaxed),
-            creation_groups: c.creations.groups.load(Relaxed),
-            creation_grouped: c.creations.grouped.load(Relaxed),
-            creation_group_micros: c.creations.group_micros.load(Relaxed),
+            creations: c.creations.read(),
         }
     }
 
