@@ -19,8 +19,9 @@ pub(crate) trait Flavor: sqlx::Database<Arguments: sqlx::IntoArguments<Self>> {
     fn bind<'q>(q: Query<'q, Self, Self::Arguments>, arg: &Arg)
     -> Query<'q, Self, Self::Arguments>;
     fn cell(row: &Self::Row, i: usize) -> Result<Cell, MetaError>;
-    /// The statement in this database's placeholder syntax.
-    fn sql(sql: &str) -> Cow<'_, str>;
+    /// The statement, written with `?1, ?2, …`, in this database's
+    /// placeholder syntax, for `args` arguments.
+    fn sql(sql: &str, args: usize) -> Cow<'_, str>;
     fn rows_affected(done: &Self::QueryResult) -> u64;
     /// Whether one query may hold several statements with arguments:
     /// SQLite binds anonymous `?` in order across all of them (see
@@ -49,7 +50,7 @@ fn convert<DB: Flavor>(row: &DB::Row, names: &Arc<[String]>) -> Result<Row, Meta
 }
 
 fn query<'q, DB: Flavor>(sql: &str, args: &[Arg]) -> Query<'q, DB, DB::Arguments> {
-    let sql = DB::sql(sql).into_owned();
+    let sql = DB::sql(sql, args.len()).into_owned();
     args.iter()
         .fold(sqlx::query::<DB>(sqlx::AssertSqlSafe(sql)), DB::bind)
 }

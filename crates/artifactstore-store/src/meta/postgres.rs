@@ -73,7 +73,7 @@ impl Flavor for Postgres {
     }
 
     /// `?N` becomes `$N`; the shared statements use no other `?`.
-    fn sql(sql: &str) -> Cow<'_, str> {
+    fn sql(sql: &str, _args: usize) -> Cow<'_, str> {
         if sql.contains('?') {
             Cow::Owned(sql.replace('?', "$"))
         } else {
