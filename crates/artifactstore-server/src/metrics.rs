@@ -194,12 +194,22 @@ pub(crate) async fn render(State(app): State<AppState>) -> impl IntoResponse {
         (
             "artifactstore_package_commit_groups_total",
             "Transactions that committed package creations (a group commit each).",
-            stats.creations.groups,
+            stats.creations.groups.transactions,
         ),
         (
             "artifactstore_package_commit_group_packages_total",
             "Packages those transactions committed.",
-            stats.creations.grouped,
+            stats.creations.groups.writes,
+        ),
+        (
+            "artifactstore_blob_commit_groups_total",
+            "Transactions that recorded uploaded blobs (a group commit each).",
+            stats.blob_groups.transactions,
+        ),
+        (
+            "artifactstore_blob_commit_group_blobs_total",
+            "Uploaded blobs those transactions recorded or found stored already.",
+            stats.blob_groups.writes,
         ),
     ] {
         let _ = writeln!(
@@ -222,13 +232,18 @@ pub(crate) async fn render(State(app): State<AppState>) -> impl IntoResponse {
     ] {
         let _ = writeln!(out, "{name}{{phase=\"{phase}\"}} {}", seconds(micros));
     }
-    let name = "artifactstore_package_commit_group_seconds_total";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Time those transactions took, from BEGIN to the end of COMMIT.\n\
-         # TYPE {name} counter\n{name} {}",
-        seconds(stats.creations.group_micros)
-    );
+    for (kind, groups) in [
+        ("package", stats.creations.groups),
+        ("blob", stats.blob_groups),
+    ] {
+        let name = format!("artifactstore_{kind}_commit_group_seconds_total");
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time the {kind} commit groups' transactions took, from BEGIN \
+             to the end of COMMIT.\n# TYPE {name} counter\n{name} {}",
+            seconds(groups.micros)
+        );
+    }
     (
         [(
             header::CONTENT_TYPE,

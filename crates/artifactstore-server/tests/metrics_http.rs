@@ -202,6 +202,41 @@ async fn counts_package_creations_by_phase_and_group_commit() {
     assert!(group > 0.0 && group <= commit, "{group} against {commit}");
 }
 
+/// How uploaded blobs' rows were grouped: every upload that reached its
+/// commit counts once; one answered from the row that stands, before its
+/// bytes were placed, does not.
+#[tokio::test]
+async fn counts_blob_commit_groups() {
+    let server = common::TestServer::start().await;
+    let base = server.client.base().to_owned();
+    let client = Client::new(&base);
+    let blobs: Vec<Vec<u8>> = (0..5).map(|i| format!("blob {i}").into_bytes()).collect();
+    let uploads = blobs.iter().map(|data| {
+        let client = client.clone();
+        async move {
+            let digest = BlobId::of(data).sha256_digest();
+            client.put_blob(&digest, data.clone()).await
+        }
+    });
+    for uploaded in futures::future::join_all(uploads).await {
+        uploaded.unwrap();
+    }
+    let again = &blobs[0];
+    client
+        .put_blob(&BlobId::of(again).sha256_digest(), again.clone())
+        .await
+        .unwrap();
+
+    let text = reqwest_get(&format!("{base}/metrics")).await.1;
+    assert_eq!(
+        value(&text, "artifactstore_blob_commit_group_blobs_total"),
+        5.0
+    );
+    let groups = value(&text, "artifactstore_blob_commit_groups_total");
+    assert!((1.0..=5.0).contains(&groups), "{groups} groups");
+    assert!(value(&text, "artifactstore_blob_commit_group_seconds_total") > 0.0);
+}
+
 async fn reqwest_get(url: &str) -> (String, String) {
     let resp = artifactstore_client::reqwest::get(url).await.unwrap();
     let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();

@@ -142,7 +142,9 @@ pub struct Store {
     head: tokio::sync::watch::Sender<u64>,
     pub(crate) stats: Arc<Counters>,
     /// Package creations waiting to be committed together.
-    packages: group::Group,
+    packages: group::Group<group::PackageJob>,
+    /// Uploaded blobs waiting for their rows.
+    uploads: group::Group<group::BlobJob>,
 }
 
 /// What this process has done since it started, for `/metrics`.
@@ -157,6 +159,45 @@ pub(crate) struct Counters {
     /// Whole-blob reads aborted because the stored bytes failed their digest.
     pub(crate) corrupt_reads: AtomicU64,
     pub(crate) creations: Creations,
+    /// The group commits of uploaded blobs' rows.
+    pub(crate) blob_groups: GroupCounters,
+}
+
+/// The transactions of one kind of group commit: how many ran, the writes
+/// they committed, and their time from `BEGIN` to the end of `COMMIT`.
+#[derive(Debug, Default)]
+pub(crate) struct GroupCounters {
+    transactions: AtomicU64,
+    writes: AtomicU64,
+    micros: AtomicU64,
+}
+
+impl GroupCounters {
+    /// Counts a transaction that began at `began`, committed `writes`.
+    pub(crate) fn committed(&self, writes: usize, began: Instant) {
+        self.transactions.fetch_add(1, Ordering::Relaxed);
+        self.writes.fetch_add(writes as u64, Ordering::Relaxed);
+        Creations::add(&self.micros, began);
+    }
+
+    fn read(&self) -> GroupStats {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        GroupStats {
+            transactions: load(&self.transactions),
+            writes: load(&self.writes),
+            micros: load(&self.micros),
+        }
+    }
+}
+
+/// A reading of one kind of group commit's counters: transactions, the
+/// writes they committed, and their time from `BEGIN` to the end of
+/// `COMMIT` (summed, in microseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupStats {
+    pub transactions: u64,
+    pub writes: u64,
+    pub micros: u64,
 }
 
 /// Where package creations spend their time, in microseconds summed over
@@ -172,11 +213,8 @@ pub(crate) struct Creations {
     pub(crate) stage_micros: AtomicU64,
     /// From queueing for a group commit to the commit of its transaction.
     pub(crate) commit_micros: AtomicU64,
-    /// Transactions that committed package creations, and how many.
-    pub(crate) groups: AtomicU64,
-    pub(crate) grouped: AtomicU64,
-    /// Those transactions' time, from `BEGIN` to the end of `COMMIT`.
-    pub(crate) group_micros: AtomicU64,
+    /// The transactions that committed them.
+    pub(crate) groups: GroupCounters,
 }
 
 impl Creations {
@@ -192,27 +230,22 @@ impl Creations {
             check_micros: load(&self.check_micros),
             stage_micros: load(&self.stage_micros),
             commit_micros: load(&self.commit_micros),
-            groups: load(&self.groups),
-            grouped: load(&self.grouped),
-            group_micros: load(&self.group_micros),
+            groups: self.groups.read(),
         }
     }
 }
 
 /// A reading of [`Creations`]: packages this process created and the time
 /// their creations spent checking, staging the manifest and being
-/// committed (summed, in microseconds); the transactions that committed
-/// them, the packages those committed, and their time from `BEGIN` to the
-/// end of `COMMIT`.
+/// committed (summed, in microseconds), and the transactions that
+/// committed them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CreationStats {
     pub created: u64,
     pub check_micros: u64,
     pub stage_micros: u64,
     pub commit_micros: u64,
-    pub groups: u64,
-    pub grouped: u64,
-    pub group_micros: u64,
+    pub groups: GroupStats,
 }
 
 /// A reading of [`Store::stats`].
@@ -232,6 +265,9 @@ pub struct StoreStats {
     pub corrupt_reads: u64,
     /// Package creations and where their time went.
     pub creations: CreationStats,
+    /// The transactions that committed uploaded blobs' rows (the blobs
+    /// already stored count among their writes).
+    pub blob_groups: GroupStats,
 }
 
 impl Store {
@@ -253,6 +289,7 @@ impl Store {
             head: tokio::sync::watch::Sender::new(0),
             stats: Arc::default(),
             packages: group::Group::default(),
+            uploads: group::Group::default(),
         }
     }
 
@@ -784,6 +821,7 @@ impl Store {
             bytes_deleted: c.bytes_deleted.load(Relaxed),
             corrupt_reads: c.corrupt_reads.load(Relaxed),
             creations: c.creations.read(),
+            blob_groups: c.blob_groups.read(),
         }
     }
 
@@ -938,66 +976,23 @@ impl Store {
             });
         }
         let location = self.blobs.staging_commit(id, &blob).await?;
-        let mut tx = self.meta.begin().await?;
-        if session {
-            tx.session_delete(id).await?;
-        }
-        let stored = self.record_blob(&mut tx, id, blob, location, actor).await?;
-        tx.commit().await?;
-        if stored.created {
-            self.published(stored.record.stored_seq, 1);
-        }
+        let job = group::BlobJob {
+            staging: id.to_owned(),
+            blob,
+            location,
+            actor: actor.to_owned(),
+            session,
+        };
+        let stored = self.commit_blob_grouped(job).await?;
         self.discard_staging(id).await;
         Ok(stored)
     }
 
-    /// Inside `tx`: records staged bytes, already committed to `location`
-    /// (outside the lock, so uploads place their bytes in parallel), as the
-    /// blob `blob` with `v1.blob.stored`, unless the blob is stored already
-    /// (a concurrent upload of the same bytes committed first; its row and
-    /// event stand). The caller discards the staging object afterwards.
-    ///
-    /// Whether the bytes are at `location` is decided here, under the write
-    /// lock, because the collector removes bytes under that lock too: on the
-    /// filesystem a blob's path is fixed by its digest, and a collector may
-    /// have trashed an earlier copy of these bytes, or taken freshly linked
-    /// ones for orphans, since the commit. Then they are committed again
-    /// from the staging object, which still holds them. So a row is only
-    /// ever written for bytes that exist when it commits, and the collector
-    /// deletes bytes only after seeing their row gone under the same lock.
-    /// A crash before the commit leaves bytes no row names, which the next
-    /// collection removes. A backend with fresh locations (S3) needs no
-    /// check: no one else writes or collects a location that young.
-    async fn record_blob(
-        &self,
-        tx: &mut Box<dyn MetaTx>,
-        id: &str,
-        blob: BlobId,
-        location: String,
-        actor: &str,
-    ) -> Result<StoredBlob> {
-        if let Some(record) = tx.blob(&blob.sha256_digest()).await? {
-            if record.tier != Tier::Hot || record.location != location {
-                // A copy at a location of its own that no row will name.
-                if let Err(e) = self.blobs.delete(&location).await {
-                    tracing::warn!(%location, error = %e, "could not remove a duplicate upload");
-                }
-            }
-            return Ok(StoredBlob {
-                record,
-                created: false,
-            });
-        }
-        let present =
-            self.blobs.fresh_locations() || self.blobs.stat(&location).await? == Some(blob.size);
-        self.record_new_blob(tx, id, blob, location, present, actor)
-            .await
-    }
-
-    /// The second half of [`Store::record_blob`], for a blob known to have
-    /// no row: `present` tells whether its bytes were found at `location`
-    /// under the lock (if not, a collector took them since they were
-    /// committed, and they are committed again from the staging object).
+    /// Inside `tx`: records a blob known to have no row. `present` tells
+    /// whether its bytes were found at `location` under the lock (if not, a
+    /// collector took them since they were committed, and they are
+    /// committed again from the staging object; see
+    /// [`Store::commit_blobs`]).
     async fn record_new_blob(
         &self,
         tx: &mut Box<dyn MetaTx>,

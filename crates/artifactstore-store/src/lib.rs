@@ -19,8 +19,8 @@ mod tier;
 mod verify;
 
 pub use engine::{
-    Backends, BlobsConfig, CreationStats, Limits, MAX_PAGE, Page, Store, StoreOptions, StoreStats,
-    StoredBlob,
+    Backends, BlobsConfig, CreationStats, GroupStats, Limits, MAX_PAGE, Page, Store, StoreOptions,
+    StoreStats, StoredBlob,
 };
 pub use error::{ErrorClass, StoreError};
 pub use gc::{DeletedPackage, GcReport, GcSettings};
