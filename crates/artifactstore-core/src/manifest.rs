@@ -268,7 +268,7 @@ pub(crate) fn check_fields<E: From<FieldError>>(
     for (k, _) in m.iter() {
         let k = k
             .as_text()
-            .ok_or(FieldError::UnknownField(format!("{k:?}")))?;
+            .ok_or_else(|| FieldError::UnknownField(format!("{k:?}")))?;
         if !required.contains(&k) && !optional.contains(&k) {
             return Err(FieldError::UnknownField(k.to_owned()).into());
         }
