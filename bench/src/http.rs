@@ -183,3 +183,34 @@ pub(crate) async fn get_count(
     ensure!(got == want, "GET {url}: {got} bytes, expected {want}");
     Ok(())
 }
+
+/// A server's `/metrics`, read once.
+pub(crate) struct Metrics(String);
+
+impl Metrics {
+    pub(crate) async fn read(c: &Client, base: &str) -> anyhow::Result<Metrics> {
+        let text = c
+            .get(format!("{base}/metrics"))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        Ok(Metrics(text))
+    }
+
+    /// The value of one series (its name and labels, as printed).
+    pub(crate) fn value(&self, series: &str) -> anyhow::Result<f64> {
+        self.0
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .with_context(|| format!("no {series} in /metrics"))?
+            .parse()
+            .with_context(|| format!("{series} in /metrics"))
+    }
+}
+
+/// `seconds` over `per` things, in milliseconds.
+pub(crate) fn ms(seconds: f64, per: f64) -> String {
+    format!("{:.2} ms", seconds * 1e3 / per)
+}

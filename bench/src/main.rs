@@ -57,6 +57,11 @@ struct Args {
     /// servers.
     #[arg(long, default_value_t = 8)]
     create_jobs: usize,
+    /// `artifactstore push --jobs` in the small-files scenario; the
+    /// registry's client and both read-backs keep as many requests in
+    /// flight. Default: push's own default.
+    #[arg(long, default_value_t = small::PUSH_JOBS)]
+    push_jobs: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -112,6 +117,8 @@ pub(crate) struct Bench {
     pub(crate) client: reqwest::Client,
     /// Requests in flight in the package-creation scenario.
     pub(crate) create_jobs: usize,
+    /// Uploads (and reads) in flight in the small-files scenario.
+    pub(crate) push_jobs: usize,
 }
 
 impl Bench {
@@ -190,6 +197,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         postgres: args.postgres.clone(),
         client: reqwest::Client::builder().tcp_nodelay(true).build()?,
         create_jobs: args.create_jobs.max(1),
+        push_jobs: args.push_jobs.max(1),
     };
     let wanted = |group: &str| args.only.is_empty() || args.only.iter().any(|g| g == group);
 

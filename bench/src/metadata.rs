@@ -134,41 +134,27 @@ async fn creation(
 /// Prints where the creations' time went, from the server's `/metrics`
 /// (only creations counted there happened on this server).
 async fn creation_phases(c: &reqwest::Client, base: &str) -> anyhow::Result<()> {
-    let text = c
-        .get(format!("{base}/metrics"))
-        .send()
-        .await?
-        .error_for_status()?
-        .text()
-        .await?;
-    let value = |series: &str| -> anyhow::Result<f64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .with_context(|| format!("no {series} in /metrics"))?
-            .parse()
-            .with_context(|| format!("{series} in /metrics"))
-    };
-    let created = value("artifactstore_packages_created_total")?;
-    let groups = value("artifactstore_package_commit_groups_total")?;
+    let m = http::Metrics::read(c, base).await?;
+    let created = m.value("artifactstore_packages_created_total")?;
+    let groups = m.value("artifactstore_package_commit_groups_total")?;
     ensure!(
         created > 0.0 && groups > 0.0,
         "/metrics counted no creations"
     );
-    let ms = |seconds: f64, per: f64| format!("{:.2} ms", seconds * 1e3 / per);
     let phase = |p: &str| {
-        value(&format!(
+        m.value(&format!(
             r#"artifactstore_package_creation_seconds_total{{phase="{p}"}}"#
         ))
     };
     println!(
         "  per creation: blobs checked {}, manifest staged {}, queued and committed {}; \
          {groups} group commits of {:.1} packages, {} each",
-        ms(phase("check")?, created),
-        ms(phase("stage")?, created),
-        ms(phase("commit")?, created),
-        value("artifactstore_package_commit_group_packages_total")? / groups,
-        ms(
-            value("artifactstore_package_commit_group_seconds_total")?,
+        http::ms(phase("check")?, created),
+        http::ms(phase("stage")?, created),
+        http::ms(phase("commit")?, created),
+        m.value("artifactstore_package_commit_group_packages_total")? / groups,
+        http::ms(
+            m.value("artifactstore_package_commit_group_seconds_total")?,
             groups
         ),
     );

@@ -13,8 +13,8 @@ use crate::report::{Figure, Row, Table, Target};
 use crate::{Bench, data, http};
 
 const FILE_SIZE: usize = 4096;
-/// `artifactstore push`'s default `--jobs`; the registry client uses the same.
-const JOBS: usize = 4;
+/// `artifactstore push`'s default `--jobs`.
+pub(crate) const PUSH_JOBS: usize = 16;
 
 pub(crate) async fn run(b: &Bench, table: &mut Table) -> anyhow::Result<()> {
     let n = b.sizes.small_files;
@@ -32,6 +32,10 @@ pub(crate) async fn run(b: &Bench, table: &mut Table) -> anyhow::Result<()> {
         files.push((path, data::sha256_hex(&bytes)));
     }
 
+    // The tree's own writeback would otherwise compete with the first
+    // push's syncs, and only with them: the registry is fed later, when the
+    // disk is quiet.
+    run_command(&mut Command::new("sync"))?;
     let store = b.dir("small-store")?;
     let server = Server::start(&b.bin, &b.config(&store, None))?;
     let push = |what: &str| -> anyhow::Result<(std::time::Duration, u64)> {
@@ -42,7 +46,7 @@ pub(crate) async fn run(b: &Bench, table: &mut Table) -> anyhow::Result<()> {
                 .arg(&tree)
                 .args(["--name", "bench/tree", "--class", "bench-long", "--server"])
                 .arg(&server.base)
-                .args(["--jobs", &JOBS.to_string()]),
+                .args(["--jobs", &b.push_jobs.to_string()]),
         )?;
         ensure!(
             !done.stdout.trim().is_empty(),
@@ -51,13 +55,24 @@ pub(crate) async fn run(b: &Bench, table: &mut Table) -> anyhow::Result<()> {
         Ok((done.elapsed, peak_rss_kib(server.pid())?))
     };
     let (first, first_peak) = push("first")?;
+    let m = http::Metrics::read(&b.client, &server.base).await?;
+    let groups = m.value("artifactstore_blob_commit_groups_total")?;
+    ensure!(groups > 0.0, "/metrics counted no blob commits");
+    println!(
+        "  first push: {groups} group commits of {:.1} blobs, {} each",
+        m.value("artifactstore_blob_commit_group_blobs_total")? / groups,
+        http::ms(
+            m.value("artifactstore_blob_commit_group_seconds_total")?,
+            groups
+        ),
+    );
     let (second, second_peak) = push("second")?;
 
     let registry = Registry::start(&b.registry, &b.dir("small-registry")?).await?;
     let c = &b.client;
     let registry_base = &registry.base;
     let theirs = http::concurrently(
-        JOBS,
+        b.push_jobs,
         files.iter().map(|(path, _)| async move {
             // The client hashes what it sends, as `push` does.
             let bytes = Bytes::from(tokio::fs::read(path).await?);
@@ -74,10 +89,10 @@ pub(crate) async fn run(b: &Bench, table: &mut Table) -> anyhow::Result<()> {
             .map(|(_, sha)| format!("{prefix}sha256:{sha}"))
             .collect()
     };
-    let ours_read = read_back(c, urls(&format!("{}/blobs/", server.base))).await?;
+    let ours_read = read_back(b, urls(&format!("{}/blobs/", server.base))).await?;
     let read_peak = peak_rss_kib(server.pid())?;
     let theirs_read =
-        read_back(c, urls(&format!("{}/v2/bench/tree/blobs/", registry.base))).await?;
+        read_back(b, urls(&format!("{}/v2/bench/tree/blobs/", registry.base))).await?;
 
     let per_s = |d: std::time::Duration| Figure::rate(n as f64 / d.as_secs_f64(), "blobs/s");
     table.push(Row {
@@ -107,12 +122,13 @@ pub(crate) async fn run(b: &Bench, table: &mut Table) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// GETs every url, [`JOBS`] at a time; the time it took.
-async fn read_back(c: &reqwest::Client, urls: Vec<String>) -> anyhow::Result<std::time::Duration> {
+/// GETs every url, as many at a time as the pushes had in flight; the
+/// time it took.
+async fn read_back(b: &Bench, urls: Vec<String>) -> anyhow::Result<std::time::Duration> {
     http::concurrently(
-        JOBS,
+        b.push_jobs,
         urls.iter()
-            .map(|url| http::get_count(c, url, None, FILE_SIZE as u64)),
+            .map(|url| http::get_count(&b.client, url, None, FILE_SIZE as u64)),
     )
     .await
 }
