@@ -177,7 +177,7 @@ impl GroupCounters {
     pub(crate) fn committed(&self, writes: usize, began: Instant) {
         self.transactions.fetch_add(1, Ordering::Relaxed);
         self.writes.fetch_add(writes as u64, Ordering::Relaxed);
-        Creations::add(&self.micros, began);
+        add_elapsed(&self.micros, began);
     }
 
     fn read(&self) -> GroupStats {
@@ -217,12 +217,13 @@ pub(crate) struct Creations {
     pub(crate) groups: GroupCounters,
 }
 
-impl Creations {
-    pub(crate) fn add(counter: &AtomicU64, since: Instant) {
-        let micros = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
-        counter.fetch_add(micros, Ordering::Relaxed);
-    }
+/// Adds the microseconds since `since` to `counter`.
+fn add_elapsed(counter: &AtomicU64, since: Instant) {
+    let micros = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
+    counter.fetch_add(micros, Ordering::Relaxed);
+}
 
+impl Creations {
     fn read(&self) -> CreationStats {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         CreationStats {
@@ -552,7 +553,7 @@ impl Store {
         wanted.push(manifest_id.sha256);
         let found = self.meta.blobs_by_sha256(&wanted).await?;
         refs.verdict(&found)?;
-        Creations::add(&timing.check_micros, started);
+        add_elapsed(&timing.check_micros, started);
 
         // Until a package references it, a manifest is an unreferenced blob
         // like any other, so it is stored in the package's own transaction:
@@ -562,7 +563,7 @@ impl Store {
         if !found.iter().any(|r| r.blob.sha256 == manifest_id.sha256) {
             let staging = Instant::now();
             staged = Some(self.stage_bytes(bytes.clone(), &manifest_id).await?);
-            Creations::add(&timing.stage_micros, staging);
+            add_elapsed(&timing.stage_micros, staging);
         }
         let job = group::PackageJob {
             id: self.new_id(),
@@ -578,7 +579,7 @@ impl Store {
         let queued = Instant::now();
         let result = self.commit_grouped(job).await;
         if result.is_ok() {
-            Creations::add(&timing.commit_micros, queued);
+            add_elapsed(&timing.commit_micros, queued);
             timing.created.fetch_add(1, Ordering::Relaxed);
         }
         if let Some((id, _)) = staged {
