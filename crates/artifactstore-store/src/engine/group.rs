@@ -4,7 +4,7 @@
 //! queue on it, and on SQLite each of a transaction's statements is a round
 //! trip to the database's thread: the lock, not the work, set the rate
 //! (about 600 package creations/s with 8 clients, half the CPU idle; about
-//! 0.4 ms of every small upload's 1.1 ms under the lock was its `COMMIT`).
+//! 0.7 ms of every small upload's 1.1 ms under the lock was its `COMMIT`).
 //! So writes that arrive while one transaction runs wait in a queue, and the
 //! next caller to take the lock commits all of them in one transaction: one
 //! look-up of every blob they name, their rows sent together, one commit and
