@@ -95,7 +95,6 @@ fn walk(root: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
-/// Both digests of a file, in one read.
 /// Both digests of every file, in their order, `jobs` files at a time.
 ///
 /// Threads of its own take the next file as they finish one: with a hop to
@@ -153,6 +152,7 @@ async fn hash_files(
     .await?
 }
 
+/// Both digests of a file, in one read.
 fn hash_file(abs: &Path, progress: &ProgressBar) -> anyhow::Result<BlobId> {
     use std::io::Read;
     let mut file =
