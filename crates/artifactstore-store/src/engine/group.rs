@@ -41,7 +41,7 @@ use tokio::sync::oneshot;
 
 use super::{References, Store, StoredBlob};
 use crate::error::{Result, StoreError};
-use crate::meta::{BlobRecord, MetaError, Tier};
+use crate::meta::{BlobRecord, MetaError, MetaTx, Tier};
 
 /// The most writes one transaction commits: bounds how long the lock is
 /// held and how long the first caller of a group waits.
@@ -273,22 +273,19 @@ impl Store {
 
         let began = Instant::now();
         let mut tx = self.meta.begin().await?;
-        let mut known: HashMap<Hash, BlobRecord> = tx
-            .blobs_by_sha256(&wanted)
-            .await?
-            .into_iter()
-            .map(|r| (r.blob.sha256, r))
-            .collect();
         // Whether each staged manifest's bytes are still in place: a
         // collector may have taken them since they were committed, and
         // now, under the lock, none can.
-        let present = self
-            .still_placed(jobs.iter().map(|j| match &j.staged {
-                Some((_, location)) if !known.contains_key(&j.manifest_id.sha256) => {
-                    Some((location.as_str(), j.manifest_id.size))
-                }
-                _ => None,
-            }))
+        let (mut known, present) = self
+            .rows_and_placed(
+                &mut *tx,
+                &wanted,
+                jobs.iter().map(|j| {
+                    j.staged
+                        .as_ref()
+                        .map(|(_, location)| (location.as_str(), j.manifest_id.size))
+                }),
+            )
             .await?;
 
         let mut outcomes: Vec<Option<Result<String>>> = Vec::with_capacity(jobs.len());
@@ -417,16 +414,13 @@ impl Store {
         wanted.dedup();
         let began = Instant::now();
         let mut tx = self.meta.begin().await?;
-        let mut known: HashMap<Hash, BlobRecord> = tx
-            .blobs_by_sha256(&wanted)
-            .await?
-            .into_iter()
-            .map(|r| (r.blob.sha256, r))
-            .collect();
-        let present = self
-            .still_placed(jobs.iter().map(|j| {
-                (!known.contains_key(&j.blob.sha256)).then_some((j.location.as_str(), j.blob.size))
-            }))
+        let (mut known, present) = self
+            .rows_and_placed(
+                &mut *tx,
+                &wanted,
+                jobs.iter()
+                    .map(|j| Some((j.location.as_str(), j.blob.size))),
+            )
             .await?;
 
         let mut stored = Vec::with_capacity(jobs.len());
@@ -511,6 +505,25 @@ impl Committer<BlobJob> for Store {
 // Both kinds.
 
 impl Store {
+    /// Under the write lock of `tx`: the rows of the blobs `wanted`, by
+    /// SHA-256, and for each write that placed bytes whether they are
+    /// still there (see [`Store::still_placed`]). The two are asked at
+    /// once, since each waits on a thread of its own (the database's, the
+    /// blocking pool) and the lock is held meanwhile. Bytes whose row turns
+    /// out to stand already are looked at for nothing, which is rare (two
+    /// writes of one blob in flight) and cheaper than a second wait.
+    async fn rows_and_placed<'a>(
+        &self,
+        tx: &mut dyn MetaTx,
+        wanted: &[Hash],
+        placed: impl Iterator<Item = Option<(&'a str, u64)>>,
+    ) -> Result<(HashMap<Hash, BlobRecord>, Vec<bool>)> {
+        let rows = async { Ok::<_, StoreError>(tx.blobs_by_sha256(wanted).await?) };
+        let (rows, present) = futures::future::try_join(rows, self.still_placed(placed)).await?;
+        let known = rows.into_iter().map(|r| (r.blob.sha256, r)).collect();
+        Ok((known, present))
+    }
+
     /// For each write that placed bytes (`Some((location, size))`), whether
     /// they are still there; `true` for the others. A backend with fresh
     /// locations needs no look (see [`Store::commit_blobs`]). Asking for
