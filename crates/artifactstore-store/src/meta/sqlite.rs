@@ -5,6 +5,13 @@
 //! same file queue instead of deadlocking on a lock upgrade) and a pool of
 //! readers, which WAL lets run beside the writer. `synchronous = FULL`: a
 //! commit is on disk before it is acknowledged.
+//!
+//! The pools hand out connections without pinging them first (sqlx's
+//! default): a SQLite connection lives in this process and cannot be
+//! dropped by a peer, so the ping only cost a round trip to the
+//! connection's thread on every acquire. Under the eight-creation load of
+//! the benchmark that was about 0.14 ms of each group commit's `BEGIN`,
+//! taken with the write lock waiting (BENCHMARKS.md).
 
 use std::borrow::Cow;
 use std::str::FromStr;
@@ -130,6 +137,7 @@ async fn open_with(
         .foreign_keys(true);
     let writer = SqlitePoolOptions::new()
         .max_connections(1)
+        .test_before_acquire(false)
         .connect_with(
             base.clone()
                 .create_if_missing(true)
@@ -139,6 +147,7 @@ async fn open_with(
         .await?;
     let reader = SqlitePoolOptions::new()
         .max_connections(READERS)
+        .test_before_acquire(false)
         .connect_with(base.clone().read_only(true))
         .await?;
     let checkpointer = Checkpointer::start(
