@@ -6,12 +6,12 @@
 //! readers, which WAL lets run beside the writer. `synchronous = FULL`: a
 //! commit is on disk before it is acknowledged.
 //!
-//! The pools hand out connections without pinging them first (sqlx's
-//! default): a SQLite connection lives in this process and cannot be
-//! dropped by a peer, so the ping only cost a round trip to the
-//! connection's thread on every acquire. Under the eight-creation load of
-//! the benchmark that was about 0.14 ms of each group commit's `BEGIN`,
-//! taken with the write lock waiting (BENCHMARKS.md).
+//! The pools hand out connections without the ping sqlx sends by default
+//! before each one: a SQLite connection lives in this process and no peer
+//! can drop it, so the ping was only a round trip to the connection's
+//! thread on every acquire. Under the benchmark's eight creations in
+//! flight that was about 0.14 ms of each group commit's `BEGIN`, while the
+//! other creations waited for the write lock (BENCHMARKS.md).
 
 use std::borrow::Cow;
 use std::str::FromStr;
