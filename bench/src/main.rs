@@ -60,7 +60,7 @@ struct Args {
     /// `artifactstore push --jobs` in the small-files scenario; the
     /// registry's client and both read-backs keep as many requests in
     /// flight. Default: push's own default.
-    #[arg(long, default_value_t = small::PUSH_JOBS)]
+    #[arg(long, default_value_t = artifactstore_client::UPLOADS_IN_FLIGHT.into())]
     push_jobs: usize,
 }
 

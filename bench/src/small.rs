@@ -13,8 +13,6 @@ use crate::report::{Figure, Row, Table, Target};
 use crate::{Bench, data, http};
 
 const FILE_SIZE: usize = 4096;
-/// `artifactstore push`'s default `--jobs`.
-pub(crate) const PUSH_JOBS: usize = 16;
 
 pub(crate) async fn run(b: &Bench, table: &mut Table) -> anyhow::Result<()> {
     let n = b.sizes.small_files;

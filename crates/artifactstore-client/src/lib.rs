@@ -71,6 +71,12 @@ struct BlobBody {
     size: u64,
 }
 
+/// How many uploads a client keeps in flight unless told otherwise
+/// (`artifactstore push --jobs`). The server commits uploads that finish
+/// together in one transaction, so more in flight means fewer commits;
+/// 16 measured faster than 4 and 8 (docs/decisions.md).
+pub const UPLOADS_IN_FLIGHT: u16 = 16;
+
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,

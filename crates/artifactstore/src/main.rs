@@ -107,7 +107,8 @@ enum Command {
         /// Files hashed and uploaded at once. The server records uploads
         /// that finish together in one transaction, so for many small
         /// files more in flight means fewer commits (docs/decisions.md).
-        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=64))]
+        #[arg(long, default_value_t = artifactstore_client::UPLOADS_IN_FLIGHT,
+              value_parser = clap::value_parser!(u16).range(1..=64))]
         jobs: u16,
         /// Files larger than this go up in resumable chunks of this size.
         #[arg(long, default_value = "64MiB", value_parser = parse_chunk)]
