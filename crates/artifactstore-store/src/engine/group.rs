@@ -37,6 +37,7 @@ use artifactstore_core::event::Hash;
 use artifactstore_core::manifest::Manifest;
 use artifactstore_core::retention::ClassRule;
 use bytes::Bytes;
+use futures::TryFutureExt;
 use tokio::sync::oneshot;
 
 use super::{References, Store, StoredBlob};
@@ -85,23 +86,28 @@ pub(super) struct BlobJob {
 pub(super) trait Job {
     /// What its caller is answered with.
     type Done;
-    /// Marks a job that goes back to the queue after a leader was
-    /// cancelled: it may have committed.
-    fn requeued(&mut self);
+    /// What a group of them is called in the log.
+    const GROUP: &'static str;
+    /// Marks a job that may have committed already, though its caller was
+    /// not answered: its leader was cancelled, or its group's `COMMIT`
+    /// failed (a connection lost during it may still have committed).
+    fn may_have_committed(&mut self);
 }
 
 impl Job for PackageJob {
     /// The new package's id.
     type Done = String;
-    fn requeued(&mut self) {
+    const GROUP: &'static str = "a group of package creations";
+    fn may_have_committed(&mut self) {
         self.retried = true;
     }
 }
 
 impl Job for BlobJob {
     type Done = StoredBlob;
+    const GROUP: &'static str = "a group of blob records";
     /// Committing a blob again finds its row by digest: nothing to mark.
-    fn requeued(&mut self) {}
+    fn may_have_committed(&mut self) {}
 }
 
 impl std::fmt::Debug for PackageJob {
@@ -162,7 +168,7 @@ impl<J: Job> Group<J> {
                 group: self,
                 waiting: self.take(MAX_GROUP),
             };
-            committer.commit_batch(&mut batch).await;
+            batch.commit(committer).await;
         }
     }
 
@@ -181,17 +187,52 @@ impl<J: Job> Group<J> {
     }
 }
 
-/// Commits a [`Group`]'s batches.
+/// Commits the jobs of one kind.
 pub(super) trait Committer<J: Job>: Sync {
-    /// Commits and answers the jobs of `batch`; whatever it leaves there
-    /// goes back to the queue.
-    fn commit_batch(&self, batch: &mut Batch<'_, J>) -> impl Future<Output = ()> + Send;
+    /// Every job in one transaction. The outer error fails the whole
+    /// group (nothing was committed, or, rarely, the `COMMIT`'s outcome is
+    /// unknown); the inner results are each job's own.
+    fn together(&self, jobs: &[&J]) -> impl Future<Output = Result<Vec<Result<J::Done>>>> + Send;
+    /// One job in a transaction of its own.
+    fn alone(&self, job: &J) -> impl Future<Output = Result<J::Done>> + Send;
 }
 
 /// Jobs a leader took from the queue and has not answered yet.
 pub(super) struct Batch<'a, J: Job> {
     group: &'a Group<J>,
     waiting: Vec<Waiting<J>>,
+}
+
+impl<J: Job> Batch<'_, J> {
+    /// Commits and answers every job, together if there are several; if
+    /// their transaction fails, each alone, so that every caller gets its
+    /// own outcome. Jobs leave the batch as they are answered; if this
+    /// future is dropped, the rest go back to the queue.
+    async fn commit(&mut self, committer: &impl Committer<J>) {
+        if self.waiting.len() > 1 {
+            let jobs: Vec<&J> = self.waiting.iter().map(|(j, _)| j).collect();
+            match committer.together(&jobs).await {
+                Ok(outcomes) => {
+                    for ((_, reply), outcome) in self.waiting.drain(..).zip(outcomes) {
+                        let _ = reply.send(outcome);
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, writes = self.waiting.len(),
+                        "{} failed; committing each alone", J::GROUP);
+                    for (job, _) in &mut self.waiting {
+                        job.may_have_committed();
+                    }
+                }
+            }
+        }
+        while let Some((job, _)) = self.waiting.first() {
+            let outcome = committer.alone(job).await;
+            let (_, reply) = self.waiting.remove(0);
+            let _ = reply.send(outcome);
+        }
+    }
 }
 
 impl<J: Job> Drop for Batch<'_, J> {
@@ -202,7 +243,7 @@ impl<J: Job> Drop for Batch<'_, J> {
             return;
         }
         for (job, _) in &mut self.waiting {
-            job.requeued();
+            job.may_have_committed();
         }
         let mut queue = self.group.queue_lock();
         queue.splice(0..0, self.waiting.drain(..));
@@ -347,35 +388,12 @@ impl Store {
 }
 
 impl Committer<PackageJob> for Store {
-    /// Commits and answers every job of `batch`, together if there are
-    /// several. Jobs leave the batch as they are answered; if this future
-    /// is dropped, the rest go back to the queue.
-    async fn commit_batch(&self, batch: &mut Batch<'_, PackageJob>) {
-        if batch.waiting.len() > 1 {
-            let jobs: Vec<&PackageJob> = batch.waiting.iter().map(|(j, _)| j).collect();
-            match self.commit_together(&jobs).await {
-                Ok(outcomes) => {
-                    for ((_, reply), outcome) in batch.waiting.drain(..).zip(outcomes) {
-                        let _ = reply.send(outcome);
-                    }
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, packages = batch.waiting.len(),
-                        "a group of package creations failed; committing each alone");
-                    // A failed commit may, rarely, have committed (a
-                    // connection lost during COMMIT): look before creating.
-                    for (job, _) in &mut batch.waiting {
-                        job.retried = true;
-                    }
-                }
-            }
-        }
-        while let Some((job, _)) = batch.waiting.first() {
-            let outcome = self.commit_alone(job).await;
-            let (_, reply) = batch.waiting.remove(0);
-            let _ = reply.send(outcome);
-        }
+    async fn together(&self, jobs: &[&PackageJob]) -> Result<Vec<Result<String>>> {
+        self.commit_together(jobs).await
+    }
+
+    async fn alone(&self, job: &PackageJob) -> Result<String> {
+        self.commit_alone(job).await
     }
 }
 
@@ -474,31 +492,14 @@ impl Store {
 }
 
 impl Committer<BlobJob> for Store {
-    /// Commits and answers every job of `batch`, together if there are
-    /// several; one alone if the group's transaction fails.
-    async fn commit_batch(&self, batch: &mut Batch<'_, BlobJob>) {
-        if batch.waiting.len() > 1 {
-            let jobs: Vec<&BlobJob> = batch.waiting.iter().map(|(j, _)| j).collect();
-            match self.commit_blobs(&jobs).await {
-                Ok(stored) => {
-                    for ((_, reply), stored) in batch.waiting.drain(..).zip(stored) {
-                        let _ = reply.send(Ok(stored));
-                    }
-                    return;
-                }
-                Err(e) => tracing::warn!(error = %e, uploads = batch.waiting.len(),
-                    "a group of blob records failed; committing each alone"),
-            }
-        }
-        while let Some((job, _)) = batch.waiting.first() {
-            let outcome = self.commit_blobs(&[job]).await.and_then(|mut s| {
-                s.pop().ok_or_else(|| {
-                    StoreError::Meta(MetaError::Corrupt("a blob record went unanswered".into()))
-                })
-            });
-            let (_, reply) = batch.waiting.remove(0);
-            let _ = reply.send(outcome);
-        }
+    async fn together(&self, jobs: &[&BlobJob]) -> Result<Vec<Result<StoredBlob>>> {
+        Ok(self.commit_blobs(jobs).await?.into_iter().map(Ok).collect())
+    }
+
+    async fn alone(&self, job: &BlobJob) -> Result<StoredBlob> {
+        self.commit_blobs(&[job]).await?.pop().ok_or_else(|| {
+            StoreError::Meta(MetaError::Corrupt("a blob record went unanswered".into()))
+        })
     }
 }
 
@@ -518,7 +519,7 @@ impl Store {
         wanted: &[Hash],
         placed: impl Iterator<Item = Option<(&'a str, u64)>>,
     ) -> Result<(HashMap<Hash, BlobRecord>, Vec<bool>)> {
-        let rows = async { Ok::<_, StoreError>(tx.blobs_by_sha256(wanted).await?) };
+        let rows = tx.blobs_by_sha256(wanted).err_into::<StoreError>();
         let (rows, present) = futures::future::try_join(rows, self.still_placed(placed)).await?;
         let known = rows.into_iter().map(|r| (r.blob.sha256, r)).collect();
         Ok((known, present))
@@ -642,6 +643,41 @@ mod tests {
         assert_eq!(store.package(&c).await.unwrap().name, "team/c");
         assert!(a.await.unwrap().is_ok() && b.await.unwrap().is_ok());
         assert_eq!(names(&store).await, ["team/a", "team/b", "team/c"]);
+    }
+
+    /// A group whose transaction fails as a whole is committed again job by
+    /// job, each marked as possibly committed, so each looks for its id
+    /// first. Two jobs given one id fail their group (the primary key);
+    /// alone, the first creates the package and the second finds it.
+    #[tokio::test]
+    async fn a_failed_group_is_committed_again_each_alone_looking_first() {
+        let (_pair, store, blob) = store_with_blob().await;
+        // Staged, as their callers would have, so both are in the group.
+        let staged = async |mut j: PackageJob| {
+            j.staged = Some(
+                store
+                    .stage_bytes(j.bytes.clone(), &j.manifest_id)
+                    .await
+                    .unwrap(),
+            );
+            j
+        };
+        let first = staged(job(&store, "team/a", blob)).await;
+        let second = staged(PackageJob {
+            id: first.id.clone(),
+            ..job(&store, "team/b", blob)
+        })
+        .await;
+        let (reply_a, a) = oneshot::channel();
+        let (reply_b, b) = oneshot::channel();
+        let mut batch = Batch {
+            group: &store.packages,
+            waiting: vec![(first, reply_a), (second, reply_b)],
+        };
+        batch.commit(&store).await;
+        let (a, b) = (a.await.unwrap().unwrap(), b.await.unwrap().unwrap());
+        assert_eq!(a, b);
+        assert_eq!(names(&store).await, ["team/a"]);
     }
 
     /// A leader cancelled before its group committed: nothing was kept, and
