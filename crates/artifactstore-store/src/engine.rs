@@ -737,21 +737,12 @@ impl Store {
             });
         }
         let whole = range.is_none();
-        let stream = match self
-            .backend(record.tier)?
-            .read(&record.location, range)
-            .await
-        {
+        let backend = self.backend(record.tier)?;
+        let stream = match backend.read(&record.location, range.clone()).await {
             Ok(s) => s,
-            // The collector may have deleted it since the row was read.
-            Err(BlobError::NotFound(_))
-                if self
-                    .meta
-                    .blob(&record.blob.sha256_digest())
-                    .await?
-                    .is_none() =>
-            {
-                return Err(StoreError::BlobNotFound(record.blob.sha256_digest()));
+            Err(BlobError::NotFound(_)) => {
+                self.find_missing_bytes(record).await?;
+                backend.read(&record.location, range).await?
             }
             Err(e) => return Err(e.into()),
         };
@@ -786,6 +777,30 @@ impl Store {
             return Err(StoreError::CorruptBlob(digest));
         }
         Ok(futures::stream::once(std::future::ready(Ok(bytes))).boxed())
+    }
+
+    /// A row's bytes were not at its location when read. Either a collector
+    /// deleted them since the row was read (the row is gone now: not
+    /// found), or a collection moved them to the trash and has not
+    /// committed. If that collection died (a killed `gc`), its trash is put
+    /// back here, as `serve` does at start, so that the bytes are readable
+    /// again at once rather than after the next collection, and `Ok` says
+    /// to read again. While a collection runs, its trash is its own to purge
+    /// or restore: the blob is being collected, so it is not found either.
+    /// Bytes in no trash are lost, which is an internal error.
+    async fn find_missing_bytes(&self, record: &BlobRecord) -> Result<()> {
+        let digest = record.blob.sha256_digest();
+        if self.meta.blob(&digest).await?.is_none() {
+            return Err(StoreError::BlobNotFound(digest));
+        }
+        if self.recover().await?.is_some() {
+            return Ok(());
+        }
+        let trashed = self.backend(record.tier)?.trash_list().await?;
+        if trashed.contains(&record.trashed()) {
+            return Err(StoreError::BlobNotFound(digest));
+        }
+        Err(BlobError::NotFound(record.location.clone()).into())
     }
 
     /// Upload sessions this process holds digest state for.

@@ -184,7 +184,7 @@ impl Store {
             let mut tx = self.meta.begin().await?;
             for t in &trashed {
                 let row = tx.blob_at(tier, &t.location).await?;
-                if row.is_some_and(|r| r.stored_seq == t.stored_seq) {
+                if row.is_some_and(|r| r.trashed() == *t) {
                     backend.trash_restore(t).await?;
                     restored += 1;
                 } else {
@@ -257,13 +257,7 @@ impl Store {
                     self.backend(record.tier)?
                         .trash(&record.location, record.stored_seq)
                         .await?;
-                    trashed.push((
-                        record.tier,
-                        Trashed {
-                            location: record.location.clone(),
-                            stored_seq: record.stored_seq,
-                        },
-                    ));
+                    trashed.push((record.tier, record.trashed()));
                 }
                 if dry_run {
                     deleted_locations.insert((record.tier, record.location.clone()));

@@ -496,6 +496,14 @@ async fn verify(settings: &Settings, deep: bool) -> anyhow::Result<ExitCode> {
             String::new()
         }
     )?;
+    if report.blobs_in_trash > 0 {
+        out!(
+            "note: {} blob(s) set aside in the trash by a collection not yet committed \
+             (running, or interrupted: a read or the next collection puts them back); \
+             not rehashed",
+            report.blobs_in_trash
+        )?;
+    }
     for finding in &report.findings {
         out!("FAIL {finding}")?;
     }

@@ -165,7 +165,7 @@ pub trait BlobBackend: Send + Sync + std::fmt::Debug + 'static {
 }
 
 /// A blob moved aside by [`BlobBackend::trash`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Trashed {
     pub location: String,
     /// The `stored_seq` of the row the bytes belonged to.

@@ -104,6 +104,18 @@ pub struct BlobRecord {
     pub stored_at: Timestamp,
 }
 
+impl BlobRecord {
+    /// What a collection that deletes this row leaves in the trash of its
+    /// tier until it commits: a trashed object is this row's exactly when
+    /// it equals this (a later row for the same bytes has another seq).
+    pub fn trashed(&self) -> crate::blob::Trashed {
+        crate::blob::Trashed {
+            location: self.location.clone(),
+            stored_seq: self.stored_seq,
+        }
+    }
+}
+
 /// A stored event row as read back: the bytes and hash exactly as stored,
 /// so verification can check them rather than trust them.
 #[derive(Debug, Clone, PartialEq, Eq)]
