@@ -147,10 +147,9 @@ async fn creation_phases(c: &reqwest::Client, base: &str) -> anyhow::Result<()> 
         ))
     };
     println!(
-        "  per creation: blobs checked {}, manifest staged {}, queued and committed {}; \
+        "  per creation: blobs checked {}, queued and committed {}; \
          {groups} group commits of {:.1} packages, {} each",
         http::ms(phase("check")?, created),
-        http::ms(phase("stage")?, created),
         http::ms(phase("commit")?, created),
         m.value("artifactstore_package_commit_group_packages_total")? / groups,
         http::ms(

@@ -222,12 +222,11 @@ pub(crate) async fn render(State(app): State<AppState>) -> impl IntoResponse {
     let _ = writeln!(
         out,
         "# HELP {name} Time package creations spent, by phase: checking the blobs they name, \
-         staging the manifest, and from queueing for a group commit to its commit.\n\
+         and from queueing for a group commit to its commit.\n\
          # TYPE {name} counter"
     );
     for (phase, micros) in [
         ("check", stats.creations.check_micros),
-        ("stage", stats.creations.stage_micros),
         ("commit", stats.creations.commit_micros),
     ] {
         let _ = writeln!(out, "{name}{{phase=\"{phase}\"}} {}", seconds(micros));

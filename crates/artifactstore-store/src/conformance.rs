@@ -15,7 +15,7 @@ use futures::StreamExt;
 
 use crate::blob::{BlobBackend, BlobError, ByteStream, StagingKind};
 use crate::hashing::HashState;
-use crate::meta::{MetaError, MetadataStore, PackageFilter, Tier, UploadSession};
+use crate::meta::{MetaError, MetadataStore, PackageFilter, StoredManifest, Tier, UploadSession};
 
 async fn collect(mut s: ByteStream) -> Vec<u8> {
     let mut out = Vec::new();
@@ -728,6 +728,31 @@ async fn package_views(m: &dyn MetadataStore) {
         1,
         "limit"
     );
+
+    // The manifest both packages name is stored once, and stays when the
+    // views are emptied: a rebuild reads it back.
+    let bytes = manifest.to_canonical_bytes();
+    let id = BlobId::of(&bytes);
+    let absent = BlobId::of(b"no manifest").sha256;
+    let stored = StoredManifest {
+        sha256: id.sha256,
+        blake3: id.blake3,
+        body: bytes,
+    };
+    let found = m
+        .manifests_by_sha256(&[absent, id.sha256])
+        .await
+        .expect("manifests");
+    assert_eq!(found, std::slice::from_ref(&stored));
+    let mut tx = m.begin().await.expect("begin");
+    tx.reset_views().await.expect("reset");
+    tx.commit().await.expect("commit");
+    assert!(m.package("pkg-1").await.expect("package").is_none());
+    let found = m
+        .manifests_by_sha256(&[id.sha256])
+        .await
+        .expect("manifests");
+    assert_eq!(found, [stored]);
 }
 
 /// The views of a package come from the manifest its event names, so

@@ -18,7 +18,6 @@ use artifactstore_core::event::{EventData, EventDraft};
 use artifactstore_core::manifest::Manifest;
 use artifactstore_core::retention::{ClassRule, shipped_classes};
 use artifactstore_core::{BlobId, Digest};
-use bytes::Bytes;
 use futures::StreamExt;
 
 mod group;
@@ -209,8 +208,6 @@ pub(crate) struct Creations {
     pub(crate) created: AtomicU64,
     /// Looking up the blobs a manifest names, outside the lock.
     pub(crate) check_micros: AtomicU64,
-    /// Staging the manifest's bytes, durably, outside the lock.
-    pub(crate) stage_micros: AtomicU64,
     /// From queueing for a group commit to the commit of its transaction.
     pub(crate) commit_micros: AtomicU64,
     /// The transactions that committed them.
@@ -229,7 +226,6 @@ impl Creations {
         CreationStats {
             created: load(&self.created),
             check_micros: load(&self.check_micros),
-            stage_micros: load(&self.stage_micros),
             commit_micros: load(&self.commit_micros),
             groups: self.groups.read(),
         }
@@ -237,14 +233,12 @@ impl Creations {
 }
 
 /// A reading of [`Creations`]: packages this process created and the time
-/// their creations spent checking, staging the manifest and being
-/// committed (summed, in microseconds), and the transactions that
+/// their creations spent checking and being committed (summed, in microseconds), and the transactions that
 /// committed them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CreationStats {
     pub created: u64,
     pub check_micros: u64,
-    pub stage_micros: u64,
     pub commit_micros: u64,
     pub groups: GroupStats,
 }
@@ -523,9 +517,10 @@ impl Store {
     }
 
     /// Creates a package from a validated manifest. Every file's blob must
-    /// be stored already, with the digests and size the manifest gives. The
-    /// manifest's canonical bytes are stored as a blob; `v1.package.created`
-    /// and `v1.retention.default_applied` (its `expires_at` fixed from the
+    /// be stored already, with the digests and size the manifest gives.
+    /// `v1.package.created` (which stores the manifest's canonical bytes in
+    /// the database, if they are not there yet) and
+    /// `v1.retention.default_applied` (its `expires_at` fixed from the
     /// class now) commit together with their views. The reference check is
     /// repeated inside that transaction, so a blob cannot disappear between
     /// the check and the commit. Creations that arrive together share one
@@ -546,60 +541,26 @@ impl Store {
         let timing = &self.stats.creations;
         let started = Instant::now();
         let refs = References::of(manifest);
-        let bytes = Bytes::from(manifest.to_canonical_bytes());
-        let manifest_id = BlobId::of(&bytes);
-        // One look-up for the files' blobs and the manifest's own.
-        let mut wanted = refs.sha256();
-        wanted.push(manifest_id.sha256);
-        let found = self.meta.blobs_by_sha256(&wanted).await?;
+        // Checked first on the read pool, so that a request naming missing
+        // blobs never waits for the write lock.
+        let found = self.meta.blobs_by_sha256(&refs.sha256()).await?;
         refs.verdict(&found)?;
         add_elapsed(&timing.check_micros, started);
 
-        // Until a package references it, a manifest is an unreferenced blob
-        // like any other, so it is stored in the package's own transaction:
-        // a collector cannot take it in between. Its bytes are staged first,
-        // outside the lock, unless it is stored already.
-        let mut staged = None;
-        if !found.iter().any(|r| r.blob.sha256 == manifest_id.sha256) {
-            let staging = Instant::now();
-            staged = Some(self.stage_bytes(bytes.clone(), &manifest_id).await?);
-            add_elapsed(&timing.stage_micros, staging);
-        }
         let job = group::PackageJob {
             id: self.new_id(),
             manifest: manifest.clone(),
-            manifest_id,
+            manifest_id: BlobId::of(&manifest.to_canonical_bytes()),
             class: class.to_owned(),
             rule,
-            bytes,
-            staged: staged.clone(),
             actor: actor.to_owned(),
             retried: false,
         };
         let queued = Instant::now();
-        let result = self.commit_grouped(job).await;
-        if result.is_ok() {
-            add_elapsed(&timing.commit_micros, queued);
-            timing.created.fetch_add(1, Ordering::Relaxed);
-        }
-        if let Some((id, _)) = staged {
-            self.discard_staging(&id).await;
-        }
-        self.package(&result?).await
-    }
-
-    /// Writes bytes whose digests are already known to a new staging object
-    /// and commits them to their location; returns the staging id and the
-    /// location.
-    async fn stage_bytes(&self, bytes: Bytes, blob: &BlobId) -> Result<(String, String)> {
-        let id = self.new_id();
-        match self.blobs.staging_put(&id, bytes, blob).await {
-            Ok(location) => Ok((id, location)),
-            Err(e) => {
-                self.discard_staging(&id).await;
-                Err(e.into())
-            }
-        }
+        let id = self.commit_grouped(job).await?;
+        add_elapsed(&timing.commit_micros, queued);
+        timing.created.fetch_add(1, Ordering::Relaxed);
+        self.package(&id).await
     }
 
     /// Package `id`'s two events: `v1.package.created` and
@@ -665,8 +626,11 @@ impl Store {
     /// package's digests as it is read.
     pub async fn manifest_bytes(&self, id: &str) -> Result<(PackageRecord, Vec<u8>)> {
         let package = self.package(id).await?;
-        let record = self.blob(&Digest::sha256(package.manifest_sha256)).await?;
-        let bytes = self.read_verified(&record).await?;
+        let (sha256, blake3) = (package.manifest_sha256, package.manifest_blake3);
+        let bodies = self
+            .manifest_bodies(&[(sha256, blake3)], &*self.meta, None)
+            .await?;
+        let bytes = crate::verify::body(&bodies, &sha256)?.to_vec();
         Ok((package, bytes))
     }
 

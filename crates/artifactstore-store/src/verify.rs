@@ -250,116 +250,106 @@ impl Store {
             .finish())
     }
 
-    /// The manifest a `v1.package.created` names, read from the blob store
-    /// and checked against the event's digests; `None` for other events.
-    /// Found through `meta`'s committed `blobs` view, where its row says
-    /// where the bytes are now (a later event may have moved them to the
-    /// cold tier); failing that, through `tx` when given (a rebuild of a
-    /// damaged view, whose rows are being refilled in that transaction).
+    /// The manifest a `v1.package.created` names, checked against the
+    /// event's digests (see [`Store::manifest_bodies`]); `None` for other
+    /// events.
     pub(crate) async fn manifest_of(
         &self,
         event: &Event,
         meta: &dyn MetadataStore,
         tx: Option<&mut Box<dyn MetaTx>>,
     ) -> Result<Option<Manifest>> {
-        let EventData::PackageCreated {
-            manifest_sha256,
-            manifest_blake3,
-            ..
-        } = event.data()
-        else {
+        let Some(digests) = manifest_digests(event) else {
             return Ok(None);
         };
-        let digest = Digest::sha256(*manifest_sha256);
-        let record = match (meta.blob(&digest).await?, tx) {
-            (Some(r), _) => Some(r),
-            (None, Some(tx)) => tx.blob(&digest).await?,
-            (None, None) => None,
-        };
-        self.read_manifest(event, manifest_blake3, record.as_ref())
-            .await
-            .map(Some)
+        let bodies = self.manifest_bodies(&[digests], meta, tx).await?;
+        Ok(Some(Manifest::decode(body(&bodies, &digests.0)?)?))
     }
 
-    /// The manifest a `v1.package.created` event names, from its blob row
-    /// (`None`: not stored), checked against both digests.
-    async fn read_manifest(
-        &self,
-        event: &Event,
-        manifest_blake3: &Hash,
-        record: Option<&BlobRecord>,
-    ) -> Result<Manifest> {
-        let record = record.ok_or_else(|| {
-            StoreError::Meta(MetaError::Corrupt(format!(
-                "package {} names a manifest that is not stored",
-                event.subject()
-            )))
-        })?;
-        if record.blob.blake3 != *manifest_blake3 {
-            return Err(StoreError::Meta(MetaError::Corrupt(format!(
-                "package {}: manifest digests disagree",
-                event.subject()
-            ))));
-        }
-        let bytes = self.read_verified(record).await?;
-        Ok(Manifest::decode(&bytes)?)
-    }
-
-    /// [`Store::manifest_of`] for a page of events at once, in their order:
-    /// the blob rows in one lookup (through `tx` for those the committed
-    /// views lack), the bytes [`PREFETCH`] at a time. A rebuild is bound by
-    /// round trips, not by work: one at a time, each manifest cost a lookup
-    /// and several file-system calls in turn.
+    /// [`Store::manifest_of`] for a page of events at once, in their order.
+    /// A rebuild is bound by round trips, not by work: one at a time, each
+    /// manifest cost a lookup or more in turn.
     async fn manifests_of_page(
         &self,
         events: &[Event],
         tx: &mut Box<dyn MetaTx>,
     ) -> Result<Vec<Option<Manifest>>> {
-        let wanted: Vec<Hash> = events
+        let wanted: Vec<(Hash, Hash)> = events.iter().filter_map(manifest_digests).collect();
+        let bodies = self.manifest_bodies(&wanted, &*self.meta, Some(tx)).await?;
+        events
             .iter()
-            .filter_map(|e| match e.data() {
-                EventData::PackageCreated {
-                    manifest_sha256, ..
-                } => Some(*manifest_sha256),
-                _ => None,
+            .map(|e| match manifest_digests(e) {
+                Some((sha256, _)) => Ok(Some(Manifest::decode(body(&bodies, &sha256)?)?)),
+                None => Ok(None),
             })
+            .collect()
+    }
+
+    /// The canonical bytes of the manifests with these digest pairs
+    /// (SHA-256, BLAKE3), by SHA-256, each checked against both digests.
+    /// Manifests are kept in the database; one stored before that is a
+    /// blob, found through `meta`'s committed `blobs` view, where its row
+    /// says where the bytes are now (a later event may have moved them to
+    /// the cold tier), failing that through `tx` when given (a rebuild of a
+    /// damaged view, whose rows are being refilled in that transaction),
+    /// and read [`PREFETCH`] at a time. A pair found nowhere is an error:
+    /// a package names it.
+    pub(crate) async fn manifest_bodies(
+        &self,
+        wanted: &[(Hash, Hash)],
+        meta: &dyn MetadataStore,
+        tx: Option<&mut Box<dyn MetaTx>>,
+    ) -> Result<HashMap<Hash, Vec<u8>>> {
+        let pairs: HashMap<Hash, Hash> = wanted.iter().copied().collect();
+        let sha256: Vec<Hash> = pairs.keys().copied().collect();
+        let mut bodies = HashMap::with_capacity(pairs.len());
+        for m in meta.manifests_by_sha256(&sha256).await? {
+            let sha256 = m.sha256;
+            if pairs.get(&sha256) != Some(&m.blake3) {
+                return Err(digests_disagree(sha256));
+            }
+            bodies.insert(sha256, m.verified()?);
+        }
+        let absent: Vec<Hash> = sha256
+            .into_iter()
+            .filter(|h| !bodies.contains_key(h))
             .collect();
-        let mut rows: HashMap<Hash, BlobRecord> = self
-            .meta
-            .blobs_by_sha256(&wanted)
+        if absent.is_empty() {
+            return Ok(bodies);
+        }
+        let mut rows: HashMap<Hash, BlobRecord> = meta
+            .blobs_by_sha256(&absent)
             .await?
             .into_iter()
             .map(|r| (r.blob.sha256, r))
             .collect();
-        let absent: Vec<Hash> = wanted
-            .into_iter()
-            .filter(|h| !rows.contains_key(h))
+        let unseen: Vec<Hash> = absent
+            .iter()
+            .filter(|h| !rows.contains_key(*h))
+            .copied()
             .collect();
-        if !absent.is_empty() {
+        if let Some(tx) = tx.filter(|_| !unseen.is_empty()) {
             rows.extend(
-                tx.blobs_by_sha256(&absent)
+                tx.blobs_by_sha256(&unseen)
                     .await?
                     .into_iter()
                     .map(|r| (r.blob.sha256, r)),
             );
         }
-        let rows = &rows;
-        futures::stream::iter(events.iter().map(|event| async move {
-            match event.data() {
-                EventData::PackageCreated {
-                    manifest_sha256,
-                    manifest_blake3,
-                    ..
-                } => self
-                    .read_manifest(event, manifest_blake3, rows.get(manifest_sha256))
-                    .await
-                    .map(Some),
-                _ => Ok(None),
-            }
-        }))
-        .buffered(PREFETCH)
-        .try_collect()
-        .await
+        let (rows, pairs) = (&rows, &pairs);
+        let read: Vec<(Hash, Vec<u8>)> =
+            futures::stream::iter(absent.into_iter().map(|sha256| async move {
+                let record = rows.get(&sha256).ok_or_else(|| not_stored(&sha256))?;
+                if pairs.get(&sha256) != Some(&record.blob.blake3) {
+                    return Err(digests_disagree(sha256));
+                }
+                Ok((sha256, self.read_verified(record).await?))
+            }))
+            .buffer_unordered(PREFETCH)
+            .try_collect()
+            .await?;
+        bodies.extend(read);
+        Ok(bodies)
     }
 
     /// Empties the views and applies every event of the log again, in one
@@ -394,4 +384,38 @@ impl Store {
         tx.commit().await?;
         Ok(after)
     }
+}
+
+/// The digest pair of the manifest a `v1.package.created` names.
+fn manifest_digests(event: &Event) -> Option<(Hash, Hash)> {
+    match event.data() {
+        EventData::PackageCreated {
+            manifest_sha256,
+            manifest_blake3,
+            ..
+        } => Some((*manifest_sha256, *manifest_blake3)),
+        _ => None,
+    }
+}
+
+/// One of the bodies [`Store::manifest_bodies`] returned.
+pub(crate) fn body<'a>(bodies: &'a HashMap<Hash, Vec<u8>>, sha256: &Hash) -> Result<&'a [u8]> {
+    bodies
+        .get(sha256)
+        .map(Vec::as_slice)
+        .ok_or_else(|| not_stored(sha256))
+}
+
+fn not_stored(sha256: &Hash) -> StoreError {
+    StoreError::Meta(MetaError::Corrupt(format!(
+        "manifest {} is not stored",
+        Digest::sha256(*sha256)
+    )))
+}
+
+fn digests_disagree(sha256: Hash) -> StoreError {
+    StoreError::Meta(MetaError::Corrupt(format!(
+        "manifest {}: stored under another BLAKE3 than its package names",
+        Digest::sha256(sha256)
+    )))
 }

@@ -122,18 +122,22 @@ async fn creation_writes_both_events_and_the_views(pair: TestPair) {
         (manifest_id.sha256, manifest_id.blake3)
     );
 
-    // Two file blobs, the manifest blob, then the package's two events.
+    // Two file blobs, then the package's two events. The manifest is kept
+    // in the database with its package, not as a blob.
     assert_eq!(
         event_types(&f.store).await,
         [
-            "v1.blob.stored",
             "v1.blob.stored",
             "v1.blob.stored",
             "v1.package.created",
             "v1.retention.default_applied"
         ]
     );
-    let events = f.store.events_after(3, 10).await.unwrap();
+    assert!(matches!(
+        f.store.blob(&manifest_id.sha256_digest()).await,
+        Err(StoreError::BlobNotFound(_))
+    ));
+    let events = f.store.events_after(2, 10).await.unwrap();
     let created = artifactstore_core::event::Event::decode(&events[0].bytes).unwrap();
     assert_eq!(created.subject(), p.id);
     assert_eq!(created.actor(), "ci-bot");
@@ -390,10 +394,11 @@ async fn concurrent_creations_each_get_their_own_outcome(pair: TestPair) {
     let mut answered: Vec<&str> = created.iter().map(|p| p.id.as_str()).collect();
     answered.sort_unstable();
     assert_eq!(ids, answered, "the log holds exactly the answered packages");
-    // 8 file blobs, 20 distinct manifests, two events per package.
+    // 8 file blobs, two events per package (20 distinct manifests, which
+    // are not blobs).
     let types = event_types(&f.store).await;
     let count = |t: &str| types.iter().filter(|x| **x == t).count();
-    assert_eq!(count("v1.blob.stored"), 8 + 20);
+    assert_eq!(count("v1.blob.stored"), 8);
     assert_eq!(count("v1.package.created"), 40);
     assert_eq!(count("v1.retention.default_applied"), 40);
 }
@@ -458,6 +463,44 @@ async fn a_cancelled_creation_leaves_the_others_whole(pair: TestPair) {
                 .filter(|c| names.contains(&c.as_str()))
                 .count()
     );
+}
+
+/// A store made before manifests were kept in the database holds each as
+/// a blob. Such a package still serves its manifest, verifies and
+/// rebuilds, and the rebuild copies its manifest into the database.
+#[tokio::test]
+async fn a_manifest_stored_as_a_blob_is_still_read() {
+    use sqlx::Connection as _;
+    let pair = TestPair::new(artifactstore_store::testing::PairKind::Embedded).unwrap();
+    let url = pair.metadata_url();
+    let f = fixture(pair).await;
+    let data = pattern(300, 1);
+    upload(&f.store, &data).await;
+    let m = manifest("team/old", &[("f.bin", &data)]);
+    let bytes = m.to_canonical_bytes();
+    // Stored as a blob first, as creation did then; its row taken out of
+    // the database afterwards.
+    upload(&f.store, &bytes).await;
+    let p = f.store.create_package(&m, "scratch", "ci").await.unwrap();
+    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let manifests = async |db: &mut sqlx::SqliteConnection| -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM manifests")
+            .fetch_one(db)
+            .await
+            .unwrap()
+    };
+    sqlx::query("DELETE FROM manifests")
+        .execute(&mut db)
+        .await
+        .unwrap();
+
+    assert_eq!(f.store.manifest_bytes(&p.id).await.unwrap().1, bytes);
+    let v = f.store.verify(true).await.unwrap();
+    assert!(v.is_ok(), "{:?}", v.findings);
+    assert_eq!(manifests(&mut db).await, 0);
+    f.store.rebuild_views().await.unwrap();
+    assert_eq!(manifests(&mut db).await, 1);
+    assert_eq!(f.store.manifest_bytes(&p.id).await.unwrap().1, bytes);
 }
 
 artifactstore_store::on_both_pairs!(

@@ -36,7 +36,6 @@ use artifactstore_core::BlobId;
 use artifactstore_core::event::Hash;
 use artifactstore_core::manifest::Manifest;
 use artifactstore_core::retention::ClassRule;
-use bytes::Bytes;
 use futures::TryFutureExt;
 use tokio::sync::oneshot;
 
@@ -57,11 +56,6 @@ pub(super) struct PackageJob {
     pub(super) manifest_id: BlobId,
     pub(super) class: String,
     pub(super) rule: ClassRule,
-    /// The manifest's canonical bytes.
-    pub(super) bytes: Bytes,
-    /// The manifest's staging object and location, if its bytes were
-    /// staged (it was not stored when looked at outside the lock).
-    pub(super) staged: Option<(String, String)>,
     pub(super) actor: String,
     /// Queued again after a leader was cancelled: it may have committed.
     pub(super) retried: bool,
@@ -259,82 +253,32 @@ impl Store {
         self.packages.submit(job, self).await
     }
 
-    /// One package in a transaction of its own. If its manifest is
-    /// neither stored nor staged (collected since its caller looked), its
-    /// bytes are staged and the transaction taken again; those bytes are
-    /// this attempt's own to discard.
-    async fn commit_alone(&self, job: &PackageJob) -> Result<String> {
-        if let Some(outcome) = self.commit_group(&[job]).await?.pop().flatten() {
-            return outcome;
-        }
-        let (staging, location) = self
-            .stage_bytes(job.bytes.clone(), &job.manifest_id)
-            .await?;
-        let again = PackageJob {
-            staged: Some((staging.clone(), location)),
-            ..job.clone()
-        };
-        let outcome = self.commit_group(&[&again]).await.and_then(|mut o| {
-            o.pop().flatten().ok_or_else(|| {
-                StoreError::Meta(MetaError::Corrupt(
-                    "a staged manifest was left out of its transaction".into(),
-                ))
-            })?
-        });
-        self.discard_staging(&staging).await;
-        outcome
-    }
-
-    /// Every job in one transaction, as [`Store::commit_group`]; a job
-    /// left out there is committed alone afterwards.
-    async fn commit_together(&self, jobs: &[&PackageJob]) -> Result<Vec<Result<String>>> {
-        let outcomes = self.commit_group(jobs).await?;
-        let mut answers = Vec::with_capacity(jobs.len());
-        for (job, outcome) in jobs.iter().zip(outcomes) {
-            answers.push(match outcome {
-                Some(outcome) => outcome,
-                None => self.commit_alone(job).await,
-            });
-        }
-        Ok(answers)
-    }
-
     /// Every job in one transaction: the one place where packages are
     /// committed. The outer error fails the whole group (nothing was
-    /// committed); the inner results are each job's own. A job whose
-    /// manifest is neither stored nor staged (collected since its caller
-    /// looked) is left out (`None`), since staging bytes under the lock
-    /// would hold up the whole group.
-    async fn commit_group(&self, jobs: &[&PackageJob]) -> Result<Vec<Option<Result<String>>>> {
+    /// committed); the inner results are each job's own. The blobs the
+    /// packages name are looked up again here, under the lock, since a
+    /// collector may have deleted one since their callers looked.
+    async fn commit_group(&self, jobs: &[&PackageJob]) -> Result<Vec<Result<String>>> {
         let refs: Vec<References<'_>> = jobs.iter().map(|j| References::of(&j.manifest)).collect();
         let mut wanted: Vec<Hash> = refs.iter().flat_map(References::sha256).collect();
-        wanted.extend(jobs.iter().map(|j| j.manifest_id.sha256));
         wanted.sort_unstable();
         wanted.dedup();
 
         let began = Instant::now();
         let mut tx = self.meta.begin().await?;
-        // Whether each staged manifest's bytes are still in place: a
-        // collector may have taken them since they were committed, and
-        // now, under the lock, none can.
-        let (mut known, present) = self
-            .rows_and_placed(
-                &mut *tx,
-                &wanted,
-                jobs.iter().map(|j| {
-                    j.staged
-                        .as_ref()
-                        .map(|(_, location)| (location.as_str(), j.manifest_id.size))
-                }),
-            )
-            .await?;
+        let known: HashMap<Hash, BlobRecord> = tx
+            .blobs_by_sha256(&wanted)
+            .await?
+            .into_iter()
+            .map(|r| (r.blob.sha256, r))
+            .collect();
 
-        let mut outcomes: Vec<Option<Result<String>>> = Vec::with_capacity(jobs.len());
+        let mut outcomes = Vec::with_capacity(jobs.len());
         let mut appended = 0;
         let mut last = None;
-        for ((job, refs), present) in jobs.iter().zip(&refs).zip(present) {
+        for (job, refs) in jobs.iter().zip(&refs) {
             if job.retried && tx.package(&job.id).await?.is_some() {
-                outcomes.push(Some(Ok(job.id.clone())));
+                outcomes.push(Ok(job.id.clone()));
                 continue;
             }
             let rows: Vec<BlobRecord> = refs
@@ -343,26 +287,8 @@ impl Store {
                 .filter_map(|(b, _)| known.get(&b.sha256).cloned())
                 .collect();
             if let Err(e) = refs.verdict(&rows) {
-                outcomes.push(Some(Err(e)));
+                outcomes.push(Err(e));
                 continue;
-            }
-            if let Entry::Vacant(slot) = known.entry(job.manifest_id.sha256) {
-                let Some((staging, location)) = &job.staged else {
-                    outcomes.push(None);
-                    continue;
-                };
-                let stored = self
-                    .record_new_blob(
-                        &mut tx,
-                        staging,
-                        job.manifest_id,
-                        location.clone(),
-                        present,
-                        &job.actor,
-                    )
-                    .await?;
-                slot.insert(stored.record);
-                appended += 1;
             }
             let (created, default) = self.package_events(
                 &job.id,
@@ -375,10 +301,10 @@ impl Store {
             tx.append(created, Some(&job.manifest)).await?;
             last = Some(tx.append(default, None).await?.seq());
             appended += 2;
-            outcomes.push(Some(Ok(job.id.clone())));
+            outcomes.push(Ok(job.id.clone()));
         }
         tx.commit().await?;
-        let committed = outcomes.iter().filter(|o| matches!(o, Some(Ok(_)))).count();
+        let committed = outcomes.iter().filter(|o| o.is_ok()).count();
         self.stats.creations.groups.committed(committed, began);
         if let Some(last) = last {
             self.published(last, appended);
@@ -389,11 +315,15 @@ impl Store {
 
 impl Committer<PackageJob> for Store {
     async fn together(&self, jobs: &[&PackageJob]) -> Result<Vec<Result<String>>> {
-        self.commit_together(jobs).await
+        self.commit_group(jobs).await
     }
 
     async fn alone(&self, job: &PackageJob) -> Result<String> {
-        self.commit_alone(job).await
+        self.commit_group(&[job]).await?.pop().ok_or_else(|| {
+            StoreError::Meta(MetaError::Corrupt(
+                "a package creation went unanswered".into(),
+            ))
+        })?
     }
 }
 
@@ -436,8 +366,7 @@ impl Store {
             .rows_and_placed(
                 &mut *tx,
                 &wanted,
-                jobs.iter()
-                    .map(|j| Some((j.location.as_str(), j.blob.size))),
+                jobs.iter().map(|j| (j.location.as_str(), j.blob.size)),
             )
             .await?;
 
@@ -503,21 +432,20 @@ impl Committer<BlobJob> for Store {
     }
 }
 
-// Both kinds.
-
 impl Store {
     /// Under the write lock of `tx`: the rows of the blobs `wanted`, by
-    /// SHA-256, and for each write that placed bytes whether they are
-    /// still there (see [`Store::still_placed`]). The two are asked at
-    /// once, since each waits on a thread of its own (the database's, the
-    /// blocking pool) and the lock is held meanwhile. Bytes whose row turns
-    /// out to stand already are looked at for nothing, which is rare (two
-    /// writes of one blob in flight) and cheaper than a second wait.
+    /// SHA-256, and for each write's bytes (`(location, size)`) whether
+    /// they are still in place (see [`Store::still_placed`]). The two are
+    /// asked at once, since each waits on a thread of its own (the
+    /// database's, the blocking pool) and the lock is held meanwhile. Bytes
+    /// whose row turns out to stand already are looked at for nothing,
+    /// which is rare (two writes of one blob in flight) and cheaper than a
+    /// second wait.
     async fn rows_and_placed<'a>(
         &self,
         tx: &mut dyn MetaTx,
         wanted: &[Hash],
-        placed: impl Iterator<Item = Option<(&'a str, u64)>>,
+        placed: impl Iterator<Item = (&'a str, u64)>,
     ) -> Result<(HashMap<Hash, BlobRecord>, Vec<bool>)> {
         let rows = tx.blobs_by_sha256(wanted).err_into::<StoreError>();
         let (rows, present) = futures::future::try_join(rows, self.still_placed(placed)).await?;
@@ -525,23 +453,17 @@ impl Store {
         Ok((known, present))
     }
 
-    /// For each write that placed bytes (`Some((location, size))`), whether
-    /// they are still there; `true` for the others. A backend with fresh
-    /// locations needs no look (see [`Store::commit_blobs`]). Asking for
-    /// all of them in one blocking call instead of one each measured no
-    /// gain (BENCHMARKS.md).
+    /// For each write's bytes, whether they are still at their location. A
+    /// backend with fresh locations needs no look (see
+    /// [`Store::commit_blobs`]). Asking for all of them in one blocking
+    /// call instead of one each measured no gain (BENCHMARKS.md).
     async fn still_placed<'a>(
         &self,
-        placed: impl Iterator<Item = Option<(&'a str, u64)>>,
+        placed: impl Iterator<Item = (&'a str, u64)>,
     ) -> Result<Vec<bool>> {
         let fresh = self.blobs.fresh_locations();
-        futures::future::try_join_all(placed.map(|p| async move {
-            match p {
-                Some((location, size)) if !fresh => {
-                    Ok(self.blobs.stat(location).await? == Some(size))
-                }
-                _ => Ok(true),
-            }
+        futures::future::try_join_all(placed.map(|(location, size)| async move {
+            Ok(fresh || self.blobs.stat(location).await? == Some(size))
         }))
         .await
     }
@@ -553,6 +475,7 @@ mod tests {
 
     use artifactstore_core::event::Event;
     use artifactstore_core::manifest::FileEntry;
+    use bytes::Bytes;
     use futures::StreamExt;
 
     use super::*;
@@ -580,15 +503,12 @@ mod tests {
             media_type: None,
         };
         let manifest = Manifest::new(name.into(), vec![file], BTreeMap::new()).unwrap();
-        let bytes = Bytes::from(manifest.to_canonical_bytes());
         PackageJob {
             id: store.new_id(),
-            manifest_id: BlobId::of(&bytes),
+            manifest_id: BlobId::of(&manifest.to_canonical_bytes()),
             manifest,
             class: "scratch".into(),
             rule: ClassRule::Period { seconds: 60 },
-            bytes,
-            staged: None,
             actor: "ci".into(),
             retried: false,
         }
@@ -629,7 +549,7 @@ mod tests {
                 waiting: store.packages.take(MAX_GROUP),
             };
             let jobs: Vec<&PackageJob> = batch.waiting.iter().map(|(j, _)| j).collect();
-            let outcomes = store.commit_together(&jobs).await.unwrap();
+            let outcomes = store.commit_group(&jobs).await.unwrap();
             assert!(outcomes.iter().all(Result::is_ok));
             // Dropped here unanswered, as a cancelled leader's batch is.
         }
@@ -652,22 +572,11 @@ mod tests {
     #[tokio::test]
     async fn a_failed_group_is_committed_again_each_alone_looking_first() {
         let (_pair, store, blob) = store_with_blob().await;
-        // Staged, as their callers would have, so both are in the group.
-        let staged = async |mut j: PackageJob| {
-            j.staged = Some(
-                store
-                    .stage_bytes(j.bytes.clone(), &j.manifest_id)
-                    .await
-                    .unwrap(),
-            );
-            j
-        };
-        let first = staged(job(&store, "team/a", blob)).await;
-        let second = staged(PackageJob {
+        let first = job(&store, "team/a", blob);
+        let second = PackageJob {
             id: first.id.clone(),
             ..job(&store, "team/b", blob)
-        })
-        .await;
+        };
         let (reply_a, a) = oneshot::channel();
         let (reply_b, b) = oneshot::channel();
         let mut batch = Batch {

@@ -165,6 +165,32 @@ pub struct PackageRecord {
     pub retention: RetentionState,
 }
 
+/// A manifest as the database keeps it: its canonical bytes under the
+/// digests they were stored with (a reader checks them; see
+/// [`StoredManifest::verified`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredManifest {
+    pub sha256: Hash,
+    pub blake3: Hash,
+    pub body: Vec<u8>,
+}
+
+impl StoredManifest {
+    /// The bytes, if they still hash to both digests they were stored
+    /// under; the database is storage like any other, and a manifest is
+    /// evidence.
+    pub fn verified(self) -> Result<Vec<u8>, MetaError> {
+        let id = BlobId::of(&self.body);
+        if id.sha256 != self.sha256 || id.blake3 != self.blake3 {
+            return Err(MetaError::Corrupt(format!(
+                "manifest {} does not hash to its digests",
+                Digest::sha256(self.sha256)
+            )));
+        }
+        Ok(self.body)
+    }
+}
+
 /// A row of the `package_files` view.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PackageFile {
@@ -231,6 +257,11 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug + 'static {
     /// particular order (a package names thousands of blobs: one lookup
     /// each would be thousands of round trips).
     async fn blobs_by_sha256(&self, sha256: &[Hash]) -> Result<Vec<BlobRecord>, MetaError>;
+    /// The stored manifests among these SHA-256 digests, in no particular
+    /// order. A manifest is stored when the first `v1.package.created`
+    /// naming it is appended or imported with it, and never removed.
+    /// Manifests stored before that rule are blobs instead.
+    async fn manifests_by_sha256(&self, sha256: &[Hash]) -> Result<Vec<StoredManifest>, MetaError>;
     /// Up to `limit` events with `seq > after`, in order.
     async fn events_after(&self, after: u64, limit: u32) -> Result<Vec<StoredEvent>, MetaError>;
     /// The seq and hash of the last event (0 and zeros for an empty log).

@@ -32,6 +32,10 @@ use super::{LeaderGuard, MetaError};
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_schema.sql")),
     (2, include_str!("../../migrations/postgres/0002_tiers.sql")),
+    (
+        3,
+        include_str!("../../migrations/postgres/0003_manifests.sql"),
+    ),
 ];
 
 const POOL_SIZE: u32 = 16;

@@ -23,8 +23,8 @@ use async_trait::async_trait;
 
 use super::{
     BlobRecord, Deletion, Hold, LeaderGuard, MetaError, MetaTx, MetadataStore, PackageFile,
-    PackageFilter, PackageRecord, Release, RetentionState, StoredEvent, Tier, UploadSession,
-    ViewsDigest,
+    PackageFilter, PackageRecord, Release, RetentionState, StoredEvent, StoredManifest, Tier,
+    UploadSession, ViewsDigest,
 };
 
 /// A statement argument.
@@ -633,6 +633,8 @@ enum Table {
     PackageFiles,
     RetentionState,
     Holds,
+    /// Not a view: kept by a rebuild, which reads manifests from it.
+    Manifests,
 }
 
 impl Table {
@@ -653,6 +655,7 @@ impl Table {
             Table::PackageFiles => "package_files",
             Table::RetentionState => "retention_state",
             Table::Holds => "holds",
+            Table::Manifests => "manifests",
         }
     }
 
@@ -671,6 +674,16 @@ impl Table {
             Table::Holds => {
                 "holds (package_id, hold_id, reason, applied_by, applied_at, applied_seq)"
             }
+            Table::Manifests => "manifests (sha256, blake3, body)",
+        }
+    }
+
+    /// How an insert meets a row that is there already: only a manifest
+    /// may be, named again by a later package (or by one being replayed).
+    fn on_conflict(self) -> &'static str {
+        match self {
+            Table::Manifests => " ON CONFLICT DO NOTHING",
+            _ => "",
         }
     }
 }
@@ -753,7 +766,8 @@ fn view_ops(event: &Event, manifest: Option<&Manifest>) -> Result<Vec<ViewOp>, M
             let m = manifest.ok_or_else(|| {
                 MetaError::Corrupt(format!("package {subject} applied without its manifest"))
             })?;
-            let id = BlobId::of(&m.to_canonical_bytes());
+            let body = m.to_canonical_bytes();
+            let id = BlobId::of(&body);
             let consistent = id.sha256 == *manifest_sha256
                 && id.blake3 == *manifest_blake3
                 && m.name() == name
@@ -764,7 +778,15 @@ fn view_ops(event: &Event, manifest: Option<&Manifest>) -> Result<Vec<ViewOp>, M
                     "package {subject}: the manifest does not match its event"
                 )));
             }
-            let mut ops = Vec::with_capacity(1 + m.files().len());
+            let mut ops = Vec::with_capacity(2 + m.files().len());
+            ops.push(ViewOp::Insert {
+                table: Table::Manifests,
+                row: vec![
+                    manifest_sha256.into(),
+                    manifest_blake3.into(),
+                    Arg::Bytes(body),
+                ],
+            });
             ops.push(ViewOp::Insert {
                 table: Table::Packages,
                 row: vec![
@@ -896,9 +918,10 @@ impl PendingRows {
             .into_iter()
             .map(|(table, (width, args))| {
                 let sql = format!(
-                    "INSERT INTO {} VALUES {}",
+                    "INSERT INTO {} VALUES {}{}",
                     table.insert_into(),
-                    placeholders(args.len(), width)
+                    placeholders(args.len(), width),
+                    table.on_conflict()
                 );
                 Statement::new(sql, args)
             })
@@ -1043,6 +1066,26 @@ impl MetadataStore for SqlMetadata {
 
     async fn blobs_by_sha256(&self, sha256: &[Hash]) -> Result<Vec<BlobRecord>, MetaError> {
         find_blobs(&mut *self.driver.reader().await?, sha256).await
+    }
+
+    async fn manifests_by_sha256(&self, sha256: &[Hash]) -> Result<Vec<StoredManifest>, MetaError> {
+        let mut conn = self.driver.reader().await?;
+        let mut found = Vec::with_capacity(sha256.len());
+        for chunk in sha256.chunks(MAX_PARAMS) {
+            let sql = format!(
+                "SELECT sha256, blake3, body FROM manifests WHERE sha256 IN ({})",
+                placeholders(chunk.len(), 0)
+            );
+            let args: Vec<Arg> = chunk.iter().map(Arg::from).collect();
+            found.extend(all(conn.fetch(&sql, &args).await?, |row| {
+                Ok(StoredManifest {
+                    sha256: row.hash("sha256")?,
+                    blake3: row.hash("blake3")?,
+                    body: row.bytes("body")?,
+                })
+            })?);
+        }
+        Ok(found)
     }
 
     async fn events_after(&self, after: u64, limit: u32) -> Result<Vec<StoredEvent>, MetaError> {

@@ -39,6 +39,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../../migrations/sqlite/0004_collection.sql"),
     ),
     (5, include_str!("../../migrations/sqlite/0005_tiers.sql")),
+    (
+        6,
+        include_str!("../../migrations/sqlite/0006_manifests.sql"),
+    ),
 ];
 
 const READERS: u32 = 8;
