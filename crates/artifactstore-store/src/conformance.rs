@@ -97,7 +97,6 @@ where
         parts_and_tails(&*make().await, part).await;
     }
     commit_then_read_whole_and_ranges(&*make().await).await;
-    putting_bytes_in_one_step(&*make().await).await;
     committing_the_same_blob_twice(&*make().await).await;
     empty_blob(&*make().await).await;
     missing_objects(&*make().await).await;
@@ -213,35 +212,6 @@ async fn commit_then_read_whole_and_ranges(b: &dyn BlobBackend) {
             "range {start}..{end} differs"
         );
     }
-}
-
-async fn putting_bytes_in_one_step(b: &dyn BlobBackend) {
-    let data = pattern(3000, 7);
-    let blob = BlobId::of(&data);
-    let loc = b
-        .staging_put("s-put", Bytes::from(data.clone()), &blob)
-        .await
-        .expect("put");
-    assert!(collect(b.read(&loc, None).await.expect("read")).await == data);
-    // As after a commit: the staging object stays, and the same blob put
-    // again (the same bytes) lands where the first did, or somewhere fresh.
-    assert_eq!(b.staging_len("s-put").await.expect("len"), Some(3000));
-    let again = b
-        .staging_put("s-put-2", Bytes::from(data.clone()), &blob)
-        .await
-        .expect("put again");
-    assert_eq!(b.fresh_locations(), again != loc);
-    assert!(collect(b.read(&again, None).await.expect("read")).await == data);
-    if !b.fresh_locations() {
-        // And it can be committed again once the bytes went away.
-        b.delete(&loc).await.expect("delete blob");
-        b.staging_commit("s-put", &blob)
-            .await
-            .expect("commit again");
-        assert!(collect(b.read(&loc, None).await.expect("read")).await == data);
-    }
-    b.staging_delete("s-put").await.expect("delete");
-    b.staging_delete("s-put-2").await.expect("delete");
 }
 
 async fn committing_the_same_blob_twice(b: &dyn BlobBackend) {

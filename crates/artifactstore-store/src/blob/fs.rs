@@ -314,26 +314,6 @@ impl BlobBackend for FsBlobStore {
             .await
     }
 
-    /// The whole of create, append, finish and commit in one blocking
-    /// call: the bytes are in memory, and each step's hand-off to a thread
-    /// costs more than writing a small blob (a manifest) does.
-    async fn staging_put(
-        &self,
-        id: &str,
-        bytes: Bytes,
-        blob: &BlobId,
-    ) -> Result<String, BlobError> {
-        self.place(id, blob, move |staged| {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(staged)?;
-            file.write_all(&bytes)?;
-            file.sync_data()
-        })
-        .await
-    }
-
     async fn staging_delete(&self, id: &str) -> Result<(), BlobError> {
         let path = self.staging_path(id)?;
         not_found_to_none(tokio::fs::remove_file(&path).await)

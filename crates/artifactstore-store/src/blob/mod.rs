@@ -92,22 +92,6 @@ pub trait BlobBackend: Send + Sync + std::fmt::Debug + 'static {
     /// same staging object (when the bytes at the location went away in
     /// between).
     async fn staging_commit(&self, id: &str, blob: &BlobId) -> Result<String, BlobError>;
-    /// A request's staging object `id` holding `bytes` (whose digests are
-    /// `blob`), committed as by [`BlobBackend::staging_commit`]: for bytes
-    /// already in memory. The staging object stays, as after a commit.
-    async fn staging_put(
-        &self,
-        id: &str,
-        bytes: Bytes,
-        blob: &BlobId,
-    ) -> Result<String, BlobError> {
-        self.staging_create(id, StagingKind::Request).await?;
-        let mut w = self.staging_append(id).await?;
-        let hashed = HashState::of(&bytes);
-        w.write(bytes).await?;
-        w.finish(&hashed).await?;
-        self.staging_commit(id, blob).await
-    }
     /// Whether every commit places its bytes at a location of its own,
     /// named by the staging id (a UUID v7), rather than at one fixed by the
     /// digest: then no other upload or collection touches them before their

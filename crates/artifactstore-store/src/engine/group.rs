@@ -476,6 +476,9 @@ mod tests {
     use artifactstore_core::event::Event;
     use artifactstore_core::manifest::FileEntry;
     use bytes::Bytes;
+
+    use crate::blob::StagingKind;
+    use crate::hashing::HashState;
     use futures::StreamExt;
 
     use super::*;
@@ -613,11 +616,14 @@ mod tests {
         let bytes = Bytes::from_static(data);
         let blob = BlobId::of(&bytes);
         let staging = store.new_id();
-        let location = store
-            .blobs
-            .staging_put(&staging, bytes, &blob)
+        let b = &store.blobs;
+        b.staging_create(&staging, StagingKind::Request)
             .await
             .unwrap();
+        let mut w = b.staging_append(&staging).await.unwrap();
+        w.write(bytes.clone()).await.unwrap();
+        w.finish(&HashState::of(&bytes)).await.unwrap();
+        let location = b.staging_commit(&staging, &blob).await.unwrap();
         BlobJob {
             staging,
             blob,
