@@ -543,8 +543,8 @@ impl Store {
         let refs = References::of(manifest);
         // Checked first on the read pool, so that a request naming missing
         // blobs never waits for the write lock.
-        let found = self.meta.blobs_by_sha256(&refs.sha256()).await?;
-        refs.verdict(&found)?;
+        let found = self.meta.stored_blobs(&refs.sha256()).await?;
+        refs.verdict(&found.into_iter().map(|b| (b.sha256, b)).collect())?;
         add_elapsed(&timing.check_micros, started);
 
         let job = group::PackageJob {
@@ -1087,16 +1087,14 @@ impl<'a> References<'a> {
         self.wanted.iter().map(|(b, _)| b.sha256).collect()
     }
 
-    /// `found` holds the stored rows among the wanted SHA-256 digests.
-    fn verdict(&self, found: &[BlobRecord]) -> Result<()> {
-        let found: HashMap<&Hash, &BlobRecord> =
-            found.iter().map(|r| (&r.blob.sha256, r)).collect();
+    /// `found` holds the stored blobs among the wanted SHA-256 digests.
+    fn verdict(&self, found: &HashMap<Hash, BlobId>) -> Result<()> {
         let mut missing = Vec::new();
         let mut mismatched = self.inconsistent.clone();
         for (blob, path) in &self.wanted {
             match found.get(&blob.sha256) {
                 None => missing.push(blob.sha256_digest()),
-                Some(r) if r.blob != *blob => mismatched.push((*path).to_owned()),
+                Some(stored) if stored != blob => mismatched.push((*path).to_owned()),
                 Some(_) => {}
             }
         }

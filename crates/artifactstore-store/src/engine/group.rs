@@ -266,11 +266,11 @@ impl Store {
 
         let began = Instant::now();
         let mut tx = self.meta.begin().await?;
-        let known: HashMap<Hash, BlobRecord> = tx
-            .blobs_by_sha256(&wanted)
+        let known: HashMap<Hash, BlobId> = tx
+            .stored_blobs(&wanted)
             .await?
             .into_iter()
-            .map(|r| (r.blob.sha256, r))
+            .map(|b| (b.sha256, b))
             .collect();
 
         let mut outcomes = Vec::with_capacity(jobs.len());
@@ -281,12 +281,7 @@ impl Store {
                 outcomes.push(Ok(job.id.clone()));
                 continue;
             }
-            let rows: Vec<BlobRecord> = refs
-                .wanted
-                .iter()
-                .filter_map(|(b, _)| known.get(&b.sha256).cloned())
-                .collect();
-            if let Err(e) = refs.verdict(&rows) {
+            if let Err(e) = refs.verdict(&known) {
                 outcomes.push(Err(e));
                 continue;
             }

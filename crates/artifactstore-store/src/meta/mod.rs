@@ -257,6 +257,10 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug + 'static {
     /// particular order (a package names thousands of blobs: one lookup
     /// each would be thousands of round trips).
     async fn blobs_by_sha256(&self, sha256: &[Hash]) -> Result<Vec<BlobRecord>, MetaError>;
+    /// As [`MetadataStore::blobs_by_sha256`], only the digests and sizes:
+    /// what a package's reference check compares, for thousands of files
+    /// at a time, without decoding what it does not need.
+    async fn stored_blobs(&self, sha256: &[Hash]) -> Result<Vec<BlobId>, MetaError>;
     /// The stored manifests among these SHA-256 digests, in no particular
     /// order. A manifest is stored when the first `v1.package.created`
     /// naming it is appended or imported with it, and never removed.
@@ -344,6 +348,8 @@ pub trait MetaTx: Send {
     async fn blob(&mut self, digest: &Digest) -> Result<Option<BlobRecord>, MetaError>;
     /// As [`MetadataStore::blobs_by_sha256`], under the write lock.
     async fn blobs_by_sha256(&mut self, sha256: &[Hash]) -> Result<Vec<BlobRecord>, MetaError>;
+    /// As [`MetadataStore::stored_blobs`], under the write lock.
+    async fn stored_blobs(&mut self, sha256: &[Hash]) -> Result<Vec<BlobId>, MetaError>;
     /// Appends an event and applies it to the views. `manifest` is the
     /// manifest a `v1.package.created` names (its files fill
     /// `package_files`); `None` for every other type.

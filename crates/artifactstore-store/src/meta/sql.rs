@@ -536,6 +536,25 @@ async fn find_blobs(conn: &mut dyn SqlConn, sha256: &[Hash]) -> Result<Vec<BlobR
     Ok(found)
 }
 
+async fn find_blob_ids(conn: &mut dyn SqlConn, sha256: &[Hash]) -> Result<Vec<BlobId>, MetaError> {
+    let mut found = Vec::with_capacity(sha256.len());
+    for chunk in sha256.chunks(MAX_PARAMS) {
+        let sql = format!(
+            "SELECT sha256, blake3, size FROM blobs WHERE sha256 IN ({})",
+            placeholders(chunk.len(), 0)
+        );
+        let args: Vec<Arg> = chunk.iter().map(Arg::from).collect();
+        found.extend(all(conn.fetch(&sql, &args).await?, |row| {
+            Ok(BlobId {
+                sha256: row.hash("sha256")?,
+                blake3: row.hash("blake3")?,
+                size: row.u64("size")?,
+            })
+        })?);
+    }
+    Ok(found)
+}
+
 async fn find_package(
     conn: &mut dyn SqlConn,
     id: &str,
@@ -1068,6 +1087,10 @@ impl MetadataStore for SqlMetadata {
         find_blobs(&mut *self.driver.reader().await?, sha256).await
     }
 
+    async fn stored_blobs(&self, sha256: &[Hash]) -> Result<Vec<BlobId>, MetaError> {
+        find_blob_ids(&mut *self.driver.reader().await?, sha256).await
+    }
+
     async fn manifests_by_sha256(&self, sha256: &[Hash]) -> Result<Vec<StoredManifest>, MetaError> {
         let mut conn = self.driver.reader().await?;
         let mut found = Vec::with_capacity(sha256.len());
@@ -1361,6 +1384,10 @@ impl MetaTx for SqlTx {
 
     async fn blobs_by_sha256(&mut self, sha256: &[Hash]) -> Result<Vec<BlobRecord>, MetaError> {
         find_blobs(&mut self.tx, sha256).await
+    }
+
+    async fn stored_blobs(&mut self, sha256: &[Hash]) -> Result<Vec<BlobId>, MetaError> {
+        find_blob_ids(&mut self.tx, sha256).await
     }
 
     async fn append(
