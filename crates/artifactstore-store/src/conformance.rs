@@ -968,6 +968,14 @@ async fn collection_views(m: &dyn MetadataStore) {
     let mut want = vec![one, xml];
     want.sort_by_key(|b| b.sha256);
     assert_eq!(found, want, "the stored ones among those asked");
+    let asked = [xml.sha256, [7; 32], one.sha256];
+    for mut ids in [
+        m.stored_blobs(&asked).await.expect("q"),
+        tx.stored_blobs(&asked).await.expect("q"),
+    ] {
+        ids.sort_by_key(|b| b.sha256);
+        assert_eq!(ids, want, "the same, digests and sizes only");
+    }
     let many: Vec<[u8; 32]> = (0..1200u32)
         .map(|i| BlobId::of(&i.to_be_bytes()).sha256)
         .chain([loose.sha256])
@@ -977,6 +985,12 @@ async fn collection_views(m: &dyn MetadataStore) {
         tx.blobs_by_sha256(&many).await.expect("q"),
     ] {
         let found: Vec<BlobId> = found.into_iter().map(|r| r.blob).collect();
+        assert_eq!(found, [loose], "more digests than one statement takes");
+    }
+    for found in [
+        m.stored_blobs(&many).await.expect("q"),
+        tx.stored_blobs(&many).await.expect("q"),
+    ] {
         assert_eq!(found, [loose], "more digests than one statement takes");
     }
     let asked = [
