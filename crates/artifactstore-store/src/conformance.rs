@@ -722,7 +722,11 @@ async fn package_views(m: &dyn MetadataStore) {
         .manifests_by_sha256(&[id.sha256])
         .await
         .expect("manifests");
-    assert_eq!(found, [stored]);
+    assert_eq!(found, std::slice::from_ref(&stored));
+    let paged = m.manifests_after(&[0; 32], 10).await.expect("page");
+    assert_eq!(paged, [stored]);
+    let paged = m.manifests_after(&id.sha256, 10).await.expect("page");
+    assert!(paged.is_empty(), "none after the last");
 }
 
 /// The views of a package come from the manifest its event names, so

@@ -17,6 +17,8 @@ use crate::meta::{BlobRecord, Tier};
 use crate::meta::{MetaError, MetaTx, MetadataStore};
 
 const PAGE: u32 = 1000;
+/// Manifests `verify` reads at once.
+const MANIFEST_PAGE: u32 = 100;
 /// Manifests a rebuild reads at once.
 const PREFETCH: usize = 16;
 
@@ -41,6 +43,9 @@ pub enum Finding {
     },
     /// Bytes whose digests differ from the row's (`--deep`).
     CorruptBlob { digest: Digest, actual: BlobId },
+    /// A manifest kept in the database that no longer hashes to the
+    /// digests it is stored under.
+    CorruptManifest { digest: Digest },
 }
 
 impl fmt::Display for Finding {
@@ -67,6 +72,10 @@ impl fmt::Display for Finding {
                 f,
                 "blob {digest}: {found} bytes stored, {expected} expected"
             ),
+            Finding::CorruptManifest { digest } => write!(
+                f,
+                "manifest {digest}: its stored bytes do not hash to its digests"
+            ),
             Finding::CorruptBlob { digest, actual } => write!(
                 f,
                 "blob {digest}: stored bytes hash to {} / {}",
@@ -81,8 +90,11 @@ impl fmt::Display for Finding {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VerifyReport {
     pub events_checked: u64,
-    /// The seq the views were compared at (none if the chain was broken).
+    /// The seq the views were compared at (none if the chain was broken
+    /// or a manifest corrupt: the replay would read it).
     pub views_compared_at: Option<u64>,
+    /// Manifests kept in the database, each checked against its digests.
+    pub manifests_checked: u64,
     pub blobs_checked: u64,
     pub bytes_rehashed: u64,
     /// Blobs whose bytes a collection has moved to the trash without
@@ -100,14 +112,18 @@ impl VerifyReport {
 }
 
 impl Store {
-    /// Checks the hash chain up to the current head, that the views equal a
-    /// replay of the log, and that every stored blob's bytes are present
-    /// (`deep`: and still hash to its digests). Takes no write lock: safe
-    /// beside a running server, whose later appends it ignores.
+    /// Checks the hash chain up to the current head, every manifest kept
+    /// in the database against its digests, that the views equal a replay
+    /// of the log, and that every stored blob's bytes are present (`deep`:
+    /// and still hash to its digests). Takes no write lock: safe beside a
+    /// running server, whose later appends it ignores.
     pub async fn verify(&self, deep: bool) -> Result<VerifyReport> {
         let mut report = VerifyReport::default();
         let chain_ok = self.verify_chain(&mut report).await?;
-        if chain_ok {
+        // Always, not only when deep: the replay reads every manifest
+        // anyway, and would stop at a corrupt one instead of naming it.
+        let manifests_ok = self.verify_manifests(&mut report).await?;
+        if chain_ok && manifests_ok {
             self.verify_views(&mut report).await?;
         }
         self.verify_blobs(deep, &mut report).await?;
@@ -178,6 +194,28 @@ impl Store {
         }
         report.views_compared_at = Some(live.applied_seq);
         Ok(())
+    }
+
+    /// Whether every manifest kept in the database hashes to its digests;
+    /// each one that does not is a finding. A page at a time, a small one,
+    /// since a manifest may be megabytes.
+    async fn verify_manifests(&self, report: &mut VerifyReport) -> Result<bool> {
+        let mut after: Hash = [0; 32];
+        let mut ok = true;
+        loop {
+            let page = self.meta.manifests_after(&after, MANIFEST_PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = last.sha256;
+            for m in page {
+                report.manifests_checked += 1;
+                let digest = Digest::sha256(m.sha256);
+                if m.verified().is_err() {
+                    report.findings.push(Finding::CorruptManifest { digest });
+                    ok = false;
+                }
+            }
+        }
+        Ok(ok)
     }
 
     async fn verify_blobs(&self, deep: bool, report: &mut VerifyReport) -> Result<()> {

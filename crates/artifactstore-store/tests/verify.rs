@@ -488,7 +488,34 @@ async fn missing_and_corrupted_bytes_are_named(pair: TestPair) {
     );
 }
 
+/// A manifest changed in the database is named (not a failure of
+/// `verify` itself), and the views, whose replay would read it, are left
+/// uncompared.
+async fn a_changed_manifest_is_named(pair: TestPair) {
+    let w = workload(pair).await;
+    let clean = w.store.verify(false).await.unwrap();
+    assert_eq!(clean.manifests_checked, 3);
+    let package = w.store.package(&w.packages[1]).await.unwrap();
+    let (_, mut bytes) = w.store.manifest_bytes(&package.id).await.unwrap();
+    bytes[5] ^= 0x01;
+    sql(
+        &w.pair,
+        "UPDATE manifests SET body = ? WHERE sha256 = ? AND length(body) > ?",
+        vec![bytes, package.manifest_sha256.to_vec()],
+        0,
+    )
+    .await;
+
+    let report = w.store.verify(false).await.unwrap();
+    let digest = artifactstore_core::Digest::sha256(package.manifest_sha256);
+    assert_eq!(report.findings, [Finding::CorruptManifest { digest }]);
+    assert_eq!(report.views_compared_at, None);
+    assert_eq!(report.manifests_checked, 3);
+    assert!(w.store.manifest_bytes(&package.id).await.is_err());
+}
+
 artifactstore_store::on_both_pairs!(
+    a_changed_manifest_is_named,
     a_clean_store_verifies_deeply,
     rebuilding_gives_identical_query_results,
     rebuilding_keeps_the_schema,

@@ -481,14 +481,14 @@ async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
 
 async fn verify(settings: &Settings, deep: bool) -> anyhow::Result<ExitCode> {
     let report = open_store(settings).await?.verify(deep).await?;
-    let views = report
-        .views_compared_at
-        .map_or("not compared (the log is broken)".to_owned(), |seq| {
-            format!("compared with a replay up to seq {seq}")
-        });
+    let views = report.views_compared_at.map_or(
+        "not compared (the log or a manifest is damaged)".to_owned(),
+        |seq| format!("compared with a replay up to seq {seq}"),
+    );
     out!(
-        "events: {} checked; views: {views}; blobs: {} checked{}",
+        "events: {} checked; manifests: {} checked; views: {views}; blobs: {} checked{}",
         report.events_checked,
+        report.manifests_checked,
         report.blobs_checked,
         if deep {
             format!(", {} bytes rehashed", report.bytes_rehashed)

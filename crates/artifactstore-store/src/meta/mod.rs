@@ -266,6 +266,13 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug + 'static {
     /// naming it is appended or imported with it, and never removed.
     /// Manifests stored before that rule are blobs instead.
     async fn manifests_by_sha256(&self, sha256: &[Hash]) -> Result<Vec<StoredManifest>, MetaError>;
+    /// Up to `limit` stored manifests whose SHA-256 sorts after `after`, in
+    /// that order: every manifest, a page at a time, for `verify`.
+    async fn manifests_after(
+        &self,
+        after: &Hash,
+        limit: u32,
+    ) -> Result<Vec<StoredManifest>, MetaError>;
     /// Up to `limit` events with `seq > after`, in order.
     async fn events_after(&self, after: u64, limit: u32) -> Result<Vec<StoredEvent>, MetaError>;
     /// The seq and hash of the last event (0 and zeros for an empty log).

@@ -555,6 +555,14 @@ async fn find_blob_ids(conn: &mut dyn SqlConn, sha256: &[Hash]) -> Result<Vec<Bl
     Ok(found)
 }
 
+fn stored_manifest(row: &Row) -> Result<StoredManifest, MetaError> {
+    Ok(StoredManifest {
+        sha256: row.hash("sha256")?,
+        blake3: row.hash("blake3")?,
+        body: row.bytes("body")?,
+    })
+}
+
 async fn find_package(
     conn: &mut dyn SqlConn,
     id: &str,
@@ -1100,15 +1108,24 @@ impl MetadataStore for SqlMetadata {
                 placeholders(chunk.len(), 0)
             );
             let args: Vec<Arg> = chunk.iter().map(Arg::from).collect();
-            found.extend(all(conn.fetch(&sql, &args).await?, |row| {
-                Ok(StoredManifest {
-                    sha256: row.hash("sha256")?,
-                    blake3: row.hash("blake3")?,
-                    body: row.bytes("body")?,
-                })
-            })?);
+            found.extend(all(conn.fetch(&sql, &args).await?, stored_manifest)?);
         }
         Ok(found)
+    }
+
+    async fn manifests_after(
+        &self,
+        after: &Hash,
+        limit: u32,
+    ) -> Result<Vec<StoredManifest>, MetaError> {
+        let rows = self
+            .read(
+                "SELECT sha256, blake3, body FROM manifests WHERE sha256 > ?1 \
+                 ORDER BY sha256 LIMIT ?2",
+                &[after.into(), i64::from(limit).into()],
+            )
+            .await?;
+        all(rows, stored_manifest)
     }
 
     async fn events_after(&self, after: u64, limit: u32) -> Result<Vec<StoredEvent>, MetaError> {
