@@ -523,36 +523,46 @@ fn placeholders(n: usize, width: usize) -> String {
         .join(", ")
 }
 
-async fn find_blobs(conn: &mut dyn SqlConn, sha256: &[Hash]) -> Result<Vec<BlobRecord>, MetaError> {
+/// The rows of `select` (a `SELECT … FROM` with no `WHERE`) whose
+/// `sha256` is one of these, asked [`MAX_PARAMS`] at a time, each decoded by
+/// `decode`: a package names thousands of blobs.
+async fn by_sha256<T>(
+    conn: &mut dyn SqlConn,
+    select: &str,
+    sha256: &[Hash],
+    decode: fn(&Row) -> Result<T, MetaError>,
+) -> Result<Vec<T>, MetaError> {
     let mut found = Vec::with_capacity(sha256.len());
     for chunk in sha256.chunks(MAX_PARAMS) {
         let sql = format!(
-            "SELECT * FROM blobs WHERE sha256 IN ({})",
+            "{select} WHERE sha256 IN ({})",
             placeholders(chunk.len(), 0)
         );
         let args: Vec<Arg> = chunk.iter().map(Arg::from).collect();
-        found.extend(all(conn.fetch(&sql, &args).await?, blob_record)?);
+        found.extend(all(conn.fetch(&sql, &args).await?, decode)?);
     }
     Ok(found)
 }
 
+async fn find_blobs(conn: &mut dyn SqlConn, sha256: &[Hash]) -> Result<Vec<BlobRecord>, MetaError> {
+    by_sha256(conn, "SELECT * FROM blobs", sha256, blob_record).await
+}
+
 async fn find_blob_ids(conn: &mut dyn SqlConn, sha256: &[Hash]) -> Result<Vec<BlobId>, MetaError> {
-    let mut found = Vec::with_capacity(sha256.len());
-    for chunk in sha256.chunks(MAX_PARAMS) {
-        let sql = format!(
-            "SELECT sha256, blake3, size FROM blobs WHERE sha256 IN ({})",
-            placeholders(chunk.len(), 0)
-        );
-        let args: Vec<Arg> = chunk.iter().map(Arg::from).collect();
-        found.extend(all(conn.fetch(&sql, &args).await?, |row| {
-            Ok(BlobId {
-                sha256: row.hash("sha256")?,
-                blake3: row.hash("blake3")?,
-                size: row.u64("size")?,
-            })
-        })?);
-    }
-    Ok(found)
+    let blob_id = |row: &Row| {
+        Ok(BlobId {
+            sha256: row.hash("sha256")?,
+            blake3: row.hash("blake3")?,
+            size: row.u64("size")?,
+        })
+    };
+    by_sha256(
+        conn,
+        "SELECT sha256, blake3, size FROM blobs",
+        sha256,
+        blob_id,
+    )
+    .await
 }
 
 fn stored_manifest(row: &Row) -> Result<StoredManifest, MetaError> {
@@ -1100,17 +1110,9 @@ impl MetadataStore for SqlMetadata {
     }
 
     async fn manifests_by_sha256(&self, sha256: &[Hash]) -> Result<Vec<StoredManifest>, MetaError> {
+        let select = "SELECT sha256, blake3, body FROM manifests";
         let mut conn = self.driver.reader().await?;
-        let mut found = Vec::with_capacity(sha256.len());
-        for chunk in sha256.chunks(MAX_PARAMS) {
-            let sql = format!(
-                "SELECT sha256, blake3, body FROM manifests WHERE sha256 IN ({})",
-                placeholders(chunk.len(), 0)
-            );
-            let args: Vec<Arg> = chunk.iter().map(Arg::from).collect();
-            found.extend(all(conn.fetch(&sql, &args).await?, stored_manifest)?);
-        }
-        Ok(found)
+        by_sha256(&mut *conn, select, sha256, stored_manifest).await
     }
 
     async fn manifests_after(
