@@ -232,9 +232,9 @@ impl Creations {
     }
 }
 
-/// A reading of [`Creations`]: packages this process created and the time
-/// their creations spent checking and being committed (summed, in microseconds), and the transactions that
-/// committed them.
+/// A reading of [`Creations`]: packages this process created, the time
+/// their creations spent checking and being committed (summed, in
+/// microseconds), and the transactions that committed them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CreationStats {
     pub created: u64,
@@ -620,18 +620,6 @@ impl Store {
             .then(|| items.last().map(|p| p.created_seq))
             .flatten();
         Ok(Page { items, next })
-    }
-
-    /// A package's manifest as its canonical bytes, re-verified against the
-    /// package's digests as it is read.
-    pub async fn manifest_bytes(&self, id: &str) -> Result<(PackageRecord, Vec<u8>)> {
-        let package = self.package(id).await?;
-        let (sha256, blake3) = (package.manifest_sha256, package.manifest_blake3);
-        let bodies = self
-            .manifest_bodies(&[(sha256, blake3)], &*self.meta, None)
-            .await?;
-        let bytes = crate::verify::body(&bodies, &sha256)?.to_vec();
-        Ok((package, bytes))
     }
 
     /// A whole blob in memory (manifests). The read verifies it (see

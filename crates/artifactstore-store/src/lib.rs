@@ -11,6 +11,7 @@ mod engine;
 pub mod error;
 mod gc;
 pub mod hashing;
+mod manifests;
 pub mod meta;
 mod migrate;
 mod retention;

@@ -1,10 +1,8 @@
 //! `verify` and `views rebuild`: checking the store against its log, and
 //! deriving the views from the log again.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
-
-use futures::{StreamExt as _, TryStreamExt as _};
 
 use artifactstore_core::event::{ChainError, ChainVerifier, Event, EventData, Hash};
 use artifactstore_core::manifest::Manifest;
@@ -12,15 +10,13 @@ use artifactstore_core::{BlobId, Digest};
 
 use crate::blob::Trashed;
 use crate::engine::{Store, hash_stream};
-use crate::error::{Result, StoreError};
-use crate::meta::{BlobRecord, Tier};
-use crate::meta::{MetaError, MetaTx, MetadataStore};
+use crate::error::Result;
+use crate::manifests::body;
+use crate::meta::{BlobRecord, MetaTx, MetadataStore, Tier};
 
 const PAGE: u32 = 1000;
 /// Manifests `verify` reads at once.
 const MANIFEST_PAGE: u32 = 100;
-/// Manifests a rebuild reads at once.
-const PREFETCH: usize = 16;
 
 /// One thing `verify` found wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -323,73 +319,6 @@ impl Store {
             .collect()
     }
 
-    /// The canonical bytes of the manifests with these digest pairs
-    /// (SHA-256, BLAKE3), by SHA-256, each checked against both digests.
-    /// Manifests are kept in the database; one stored before that is a
-    /// blob, found through `meta`'s committed `blobs` view, where its row
-    /// says where the bytes are now (a later event may have moved them to
-    /// the cold tier), failing that through `tx` when given (a rebuild of a
-    /// damaged view, whose rows are being refilled in that transaction),
-    /// and read [`PREFETCH`] at a time. A pair found nowhere is an error:
-    /// a package names it.
-    pub(crate) async fn manifest_bodies(
-        &self,
-        wanted: &[(Hash, Hash)],
-        meta: &dyn MetadataStore,
-        tx: Option<&mut Box<dyn MetaTx>>,
-    ) -> Result<HashMap<Hash, Vec<u8>>> {
-        let pairs: HashMap<Hash, Hash> = wanted.iter().copied().collect();
-        let sha256: Vec<Hash> = pairs.keys().copied().collect();
-        let mut bodies = HashMap::with_capacity(pairs.len());
-        for m in meta.manifests_by_sha256(&sha256).await? {
-            let sha256 = m.sha256;
-            if pairs.get(&sha256) != Some(&m.blake3) {
-                return Err(digests_disagree(sha256));
-            }
-            bodies.insert(sha256, m.verified()?);
-        }
-        let absent: Vec<Hash> = sha256
-            .into_iter()
-            .filter(|h| !bodies.contains_key(h))
-            .collect();
-        if absent.is_empty() {
-            return Ok(bodies);
-        }
-        let mut rows: HashMap<Hash, BlobRecord> = meta
-            .blobs_by_sha256(&absent)
-            .await?
-            .into_iter()
-            .map(|r| (r.blob.sha256, r))
-            .collect();
-        let unseen: Vec<Hash> = absent
-            .iter()
-            .filter(|h| !rows.contains_key(*h))
-            .copied()
-            .collect();
-        if let Some(tx) = tx.filter(|_| !unseen.is_empty()) {
-            rows.extend(
-                tx.blobs_by_sha256(&unseen)
-                    .await?
-                    .into_iter()
-                    .map(|r| (r.blob.sha256, r)),
-            );
-        }
-        let (rows, pairs) = (&rows, &pairs);
-        let read: Vec<(Hash, Vec<u8>)> =
-            futures::stream::iter(absent.into_iter().map(|sha256| async move {
-                let record = rows.get(&sha256).ok_or_else(|| not_stored(&sha256))?;
-                if pairs.get(&sha256) != Some(&record.blob.blake3) {
-                    return Err(digests_disagree(sha256));
-                }
-                Ok((sha256, self.read_verified(record).await?))
-            }))
-            .buffer_unordered(PREFETCH)
-            .try_collect()
-            .await?;
-        bodies.extend(read);
-        Ok(bodies)
-    }
-
     /// Empties the views and applies every event of the log again, in one
     /// transaction: readers see the old views until it commits, writers wait
     /// for it. Refuses a log whose chain is broken. Returns the events applied.
@@ -434,26 +363,4 @@ fn manifest_digests(event: &Event) -> Option<(Hash, Hash)> {
         } => Some((*manifest_sha256, *manifest_blake3)),
         _ => None,
     }
-}
-
-/// One of the bodies [`Store::manifest_bodies`] returned.
-pub(crate) fn body<'a>(bodies: &'a HashMap<Hash, Vec<u8>>, sha256: &Hash) -> Result<&'a [u8]> {
-    bodies
-        .get(sha256)
-        .map(Vec::as_slice)
-        .ok_or_else(|| not_stored(sha256))
-}
-
-fn not_stored(sha256: &Hash) -> StoreError {
-    StoreError::Meta(MetaError::Corrupt(format!(
-        "manifest {} is not stored",
-        Digest::sha256(*sha256)
-    )))
-}
-
-fn digests_disagree(sha256: Hash) -> StoreError {
-    StoreError::Meta(MetaError::Corrupt(format!(
-        "manifest {}: stored under another BLAKE3 than its package names",
-        Digest::sha256(sha256)
-    )))
 }
