@@ -622,7 +622,8 @@ impl Store {
         Ok(Page { items, next })
     }
 
-    /// A whole blob in memory (manifests). The read verifies it (see
+    /// A whole blob in memory (a manifest stored as a blob, before
+    /// manifests moved to the database). The read verifies it (see
     /// [`Store::read_blob`]): bytes that changed on disk are an error.
     pub(crate) async fn read_verified(&self, record: &BlobRecord) -> Result<Vec<u8>> {
         let mut stream = self.read_blob(record, None).await?;

@@ -328,8 +328,9 @@ impl BlobBackend for FsBlobStore {
     ) -> Result<ByteStream, BlobError> {
         let path = self.blob_path(location)?;
         // Opening, seeking and, for up to READ_BUFFER bytes, reading happen
-        // in one call on the blocking pool: a small blob (a manifest, say)
-        // costs one hop to another thread instead of three.
+        // in one call on the blocking pool: a small blob (a small file, or
+        // a manifest stored as one) costs one hop to another thread
+        // instead of three.
         let opened = blocking(move || -> std::io::Result<Option<Opened>> {
             let Some(mut file) = not_found_to_none(File::open(&path))? else {
                 return Ok(None);

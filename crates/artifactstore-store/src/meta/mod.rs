@@ -359,7 +359,8 @@ pub trait MetaTx: Send {
     async fn stored_blobs(&mut self, sha256: &[Hash]) -> Result<Vec<BlobId>, MetaError>;
     /// Appends an event and applies it to the views. `manifest` is the
     /// manifest a `v1.package.created` names (its files fill
-    /// `package_files`); `None` for every other type.
+    /// `package_files`, and it is stored in `manifests` unless it is
+    /// already); `None` for every other type.
     async fn append(
         &mut self,
         draft: EventDraft,
