@@ -310,8 +310,7 @@ impl BlobBackend for FsBlobStore {
     }
 
     async fn staging_commit(&self, id: &str, blob: &BlobId) -> Result<String, BlobError> {
-        self.place(id, blob, |staged| std::fs::metadata(staged).map(drop))
-            .await
+        self.place(id, blob).await
     }
 
     async fn staging_delete(&self, id: &str) -> Result<(), BlobError> {
@@ -530,15 +529,11 @@ struct Placement {
 }
 
 impl FsBlobStore {
-    /// In one blocking call: `prepare` the staging file `id` (check it, or
-    /// write it), then link it into place as the blob `blob`; returns the
-    /// location. A staging file that is not there is `StagingNotFound`.
-    async fn place(
-        &self,
-        id: &str,
-        blob: &BlobId,
-        prepare: impl FnOnce(&Path) -> std::io::Result<()> + Send + 'static,
-    ) -> Result<String, BlobError> {
+    /// In one blocking call: checks that the staging file `id` is there,
+    /// then links it into place as the blob `blob`; returns the location.
+    /// A staging file that is not there is `StagingNotFound`, even when
+    /// the location already holds the blob's bytes.
+    async fn place(&self, id: &str, blob: &BlobId) -> Result<String, BlobError> {
         let location = FsBlobStore::location_of(blob);
         let place = Placement {
             id: id.to_owned(),
@@ -552,7 +547,7 @@ impl FsBlobStore {
             size: blob.size,
         };
         blocking(move || {
-            prepare(&place.from)?;
+            std::fs::metadata(&place.from)?;
             place.link()
         })
         .await
